@@ -1,0 +1,1 @@
+"""CompactNAS experiments: data, training loops, run folders, the trial entry point, nnictl configs."""

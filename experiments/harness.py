@@ -1,0 +1,150 @@
+"""What every method's trial shares: common settings, seeding, the run folder's life cycle,
+resume, NNI reporting and failure handling.
+
+A method is a frozen config dataclass (deriving from :class:`CommonConfig`) plus a ``run``
+function ``run(cfg, ctx) -> summary dict``.  :func:`execute` builds the context, calls it, and
+writes ``summary.json`` / reports the final metric.  Methods checkpoint through
+``ctx.run.save_checkpoint`` at epoch ends and read ``ctx.resumed`` on start.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from search_spaces.errors import TrialFailed, UserError
+
+from . import nni_bridge
+from .config import config_to_dict
+from .runfolder import RunFolder, atomic_write_text, environment_info
+
+__all__ = ["CommonConfig", "RunContext", "execute", "seed_everything", "pick", "rng_state", "set_rng_state"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonConfig:
+    """Settings every method has (data, seed, device, threads, progress bars)."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    limit: int | None = None
+    image_size: int | None = None
+    augment: bool = True
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0          # torch intra-op threads (0: torch's default)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be >= 1, got {self.limit}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise UserError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.threads < 0:
+            raise UserError(f"threads must be >= 0, got {self.threads}")
+        # dataclass inheritance: let subclasses chain their own checks after ours
+        post = getattr(super(), "__post_init__", None)
+        if post is not None:
+            post()
+
+
+def pick(cls: type, cfg: Any):
+    """Build dataclass ``cls`` from the same-named fields of ``cfg`` (flat trial config -> part)."""
+    names = {f.name for f in fields(cls) if f.init}
+    return cls(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (data augmentation draws from them), for checkpoints."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+@dataclass
+class RunContext:
+    method: str
+    run: RunFolder
+    resumed: dict[str, Any] | None
+    started: float
+
+    def report_epoch(self, row: dict[str, Any], *, key: str = "val_acc") -> None:
+        """Append a metrics row and report its ``key`` as the NNI intermediate result."""
+        self.run.append("metrics", row)
+        value = row.get(key)
+        if value is not None:
+            extra = {k: row[k] for k in ("params", "flops") if row.get(k) is not None}
+            nni_bridge.report_intermediate({"default": float(value), **extra})
+
+    def bar(self, total: int, desc: str, enabled: bool = True):
+        from strategies.training import progress
+
+        return progress(total, desc, enabled=enabled)
+
+
+def _config_blob(method: str, cfg: Any) -> dict[str, Any]:
+    return {"method": method, "config": config_to_dict(cfg), "seed": cfg.seed}
+
+
+def execute(method: str, cfg: CommonConfig, run_fn: Callable[[Any, RunContext], dict[str, Any]],
+            run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Run ``run_fn`` in ``run_dir`` (resuming if it holds a checkpoint of the same config)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = RunFolder(run_dir)
+    blob = _config_blob(method, cfg)
+    if run.exists("config.json"):
+        old = run.read_json("config.json")
+        if {k: old.get(k) for k in ("method", "config")} != {k: blob[k] for k in ("method", "config")}:
+            raise UserError(f"run folder {run.path} holds a run with a different config; "
+                            "use a new --run-dir (or delete the folder)")
+        if run.exists("summary.json"):
+            summary = run.read_json("summary.json")
+            nni_bridge.report_final(summary)
+            return summary
+    run.write_json("config.json", {**blob, "env": environment_info(), "nni": nni_bridge.trial_parameter_record()})
+    seed_everything(cfg.seed)
+    resumed = run.load_checkpoint()
+    ctx = RunContext(method=method, run=run, resumed=resumed, started=time.time())
+    try:
+        (run.path / "error.txt").unlink(missing_ok=True)
+        summary = run_fn(cfg, ctx)
+    except TrialFailed as exc:
+        run.flush()
+        atomic_write_text(run.path / "error.txt", f"{exc}\n")
+        raise
+    summary = {"method": method, **summary}
+    if "default" not in summary:
+        raise RuntimeError(f"method {method} returned a summary without 'default'")
+    run.write_json("summary.json", summary)
+    run.clear_checkpoint()
+    nni_bridge.report_final(summary)
+    return summary
+
+
+def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "summary.json").read_text())

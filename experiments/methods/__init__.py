@@ -1,0 +1,42 @@
+"""The method registry: name -> (trial config class, run function).  Explicit, no import magic."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from search_spaces.errors import UserError
+
+__all__ = ["Method", "METHODS", "register", "get_method"]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    run: Callable[[Any, Any], dict]
+    doc: str = ""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> None:
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} registered twice")
+    METHODS[method.name] = method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def _register_builtin() -> None:
+    from . import proxyless
+
+    register(Method("proxyless", proxyless.ProxylessTrialConfig, proxyless.run,
+                    "customized ProxylessNAS over a ResNet-50 search scope (+ retrain)"))
+
+
+_register_builtin()

@@ -1,0 +1,499 @@
+"""Customized ProxylessNAS: binary gates over NNI ``LayerChoice`` unit blocks.
+
+Papers: ProxylessNAS (Cai et al., ICLR 2019) as customized in "Search Space Adaptation for
+Differentiable NAS in Image Classification" (``../shared/seeds/003_364944a1cb8aa754.txt``,
+Sec. II and IV-A).  What is implemented, and how it differs from NNI 3.0's built-in
+``nni.nas.strategy.Proxyless`` (see DESIGN.md, "NNI 3.0 facts"):
+
+* **Binary gates / path binarization.**  Every ``LayerChoice`` becomes a
+  :class:`BinaryGateLayer` holding real-valued architecture parameters ``alpha``.
+  *Weight step*: one path is sampled from ``softmax(alpha)`` and ONLY that path runs (NNI's
+  built-in re-runs all N-1 other candidates in every backward).
+  *Architecture step* (``grad_mode="two"``, the original's default): two paths are sampled
+  without replacement, the gate over them is ``g = onehot(active) + p - stopgrad(p)`` with
+  ``p = softmax(alpha[pair])``, so the forward value equals the single active path while
+  ``dL/dalpha_i = sum_j dL/dg_j p_j (delta_ij - p_i)`` - exactly ProxylessNAS's estimator; after
+  the Adam step the two updated logits are shifted so the probability mass of the unsampled
+  paths is unchanged (the original's ``rescale_updated_arch_param``).  ``grad_mode="full"``
+  uses all N paths (the full estimator).
+* **The paper's optimizers** (Sec. IV-A): weights SGD with Nesterov momentum, lr 0.05,
+  momentum 0.9, weight decay 4e-5 on the training split; architecture Adam, lr 1e-3, no weight
+  decay, on the held-out validation split; alternating (arch step, then weight step, per batch);
+  optional warm-up epochs with frozen alpha.  Cosine lr decay per step (ProxylessNAS's
+  schedule; the paper gives none).
+* **Expected-cost term** (optional; off by default, as in the paper which drops the latency
+  loss): ``loss_arch = CE + cost_weight * E[cost] / cost(baseline)`` where
+  ``E[cost] = fixed + sum_blocks softmax(alpha) . cost_candidates`` with per-candidate FLOPs or
+  measured latency from :mod:`search_spaces.cost`.  It is a tensor expression of ``alpha``, so
+  it really produces gradients (NNI 3.0 builds its penalty from Python floats).
+* **Export** is the argmax path of every block: deterministic (NNI 3.0's ``export()``
+  resamples at random).
+* **Search exit** (the paper asks for one and gives none, Sec. IV-B): :class:`SearchExit` fires
+  when the argmax architecture has been unchanged for ``exit_patience`` epochs and the change of
+  the mean per-block entropy of ``softmax(alpha)`` over the last epoch is below
+  ``exit_entropy_delta``.  The epoch is always reported; the search stops there only if
+  ``stop_on_exit``.
+
+Usable three ways: :class:`ProxylessSearch` (plain PyTorch loop, used by the trial entry point),
+:class:`CompactProxyless` (an ``nni.nas.strategy.Proxyless`` subclass whose mutation hooks
+install :class:`BinaryGateLayer`; ``mutate_model`` is how :class:`ProxylessSearch` builds its
+supernet, so both paths share NNI's one-shot machinery).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from nni.mutable import Categorical
+from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from nni.nas.oneshot.pytorch.strategy import Proxyless, no_default_hook
+from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
+
+from search_spaces import cost as costmodel
+from search_spaces.errors import UserError
+
+from .training import check_finite, cosine_schedule, evaluate, sgd_nesterov
+
+__all__ = [
+    "ProxylessConfig",
+    "BinaryGateLayer",
+    "CompactProxyless",
+    "ProxylessSearch",
+    "SearchExit",
+    "entropy",
+]
+
+GradMode = Literal["two", "full"]
+CostTerm = Literal["none", "flops", "latency"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxylessConfig:
+    """Search settings; defaults are the paper's (Sec. IV-A) where it gives them."""
+
+    search_epochs: int = 400        # Fig. 3 runs past 400 epochs; the paper gives no exact count
+    warmup_epochs: int = 0
+    weight_lr: float = 0.05
+    weight_momentum: float = 0.9
+    weight_decay: float = 4e-5
+    nesterov: bool = True
+    arch_lr: float = 1e-3
+    arch_weight_decay: float = 0.0
+    arch_betas: tuple[float, float] = (0.9, 0.999)
+    grad_mode: GradMode = "two"
+    cost_term: CostTerm = "none"
+    cost_weight: float = 0.0
+    record_every: int = 0           # also record the trajectory every K steps (0: epoch ends only)
+    exit_patience: int = 10
+    exit_entropy_delta: float = 1e-3
+    stop_on_exit: bool = False
+
+    def __post_init__(self):
+        if self.search_epochs < 1:
+            raise UserError(f"search_epochs must be >= 1, got {self.search_epochs}")
+        if not 0 <= self.warmup_epochs <= self.search_epochs:
+            raise UserError(f"warmup_epochs must be in [0, search_epochs], got {self.warmup_epochs}")
+        for name in ("weight_lr", "arch_lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.grad_mode not in ("two", "full"):
+            raise UserError(f"grad_mode must be 'two' or 'full', got {self.grad_mode!r}")
+        if self.cost_term not in ("none", "flops", "latency"):
+            raise UserError(f"cost_term must be none, flops or latency, got {self.cost_term!r}")
+        if self.cost_weight < 0:
+            raise UserError(f"cost_weight must be >= 0, got {self.cost_weight}")
+        if self.exit_patience < 1:
+            raise UserError(f"exit_patience must be >= 1, got {self.exit_patience}")
+        if self.record_every < 0:
+            raise UserError(f"record_every must be >= 0, got {self.record_every}")
+
+
+def entropy(probs: torch.Tensor) -> float:
+    p = probs.clamp_min(1e-12)
+    return float(-(p * p.log()).sum())
+
+
+class BinaryGateLayer(LayerChoice, BaseSuperNetModule):
+    """A ``LayerChoice`` with ProxylessNAS binary gates (see the module docstring).
+
+    ``mode`` is set by the search loop: ``"weight"`` (single sampled path), ``"arch"`` (gated
+    two/all paths), ``"argmax"`` (deterministic, for evaluation and export).
+    """
+
+    _arch_parameter_names = ["_arch_alpha"]
+
+    def __init__(self, candidates: dict[str, nn.Module], alpha: nn.Parameter, label: str):
+        super().__init__(candidates, label=label)
+        if len(alpha) != len(self.names):
+            raise ValueError(f"alpha has {len(alpha)} entries for {len(self.names)} candidates")
+        self._arch_alpha = alpha
+        self.mode: str = "argmax"
+        self._active: int = 0
+        self._pair: list[int] = []
+        self._pair_old: torch.Tensor | None = None
+        self.register_buffer("candidate_cost", torch.zeros(len(self.names)), persistent=False)
+
+    # ---- NNI supermodule protocol ------------------------------------------------------
+    @classmethod
+    def mutate(cls, module, name, memo, mutate_kwargs):
+        if type(module) is LayerChoice:
+            alpha = memo.get(module.label)
+            if alpha is None:
+                alpha = memo[module.label] = nn.Parameter(torch.zeros(len(module.names)))
+            return cls(dict(module.named_children()), alpha, module.label)
+        return None
+
+    def resample(self, memo: dict[str, Any]) -> dict[str, Any]:
+        return {self.label: self.names[self._active]}
+
+    def export(self, memo: dict[str, Any]) -> dict[str, Any]:
+        if self.label in memo:
+            return {}
+        return {self.label: self.names[int(torch.argmax(self._arch_alpha).item())]}
+
+    def export_probs(self, memo: dict[str, Any]) -> dict[str, Any]:
+        if self.label in memo:
+            return {}
+        return {self.label: dict(zip(self.names, self.probs().tolist()))}
+
+    def arch_parameters(self) -> Iterator[nn.Parameter]:
+        yield self._arch_alpha
+
+    # ---- sampling ----------------------------------------------------------------------
+    def probs(self) -> torch.Tensor:
+        return F.softmax(self._arch_alpha.detach(), dim=-1)
+
+    def sample(self, mode: str, generator: torch.Generator, grad_mode: GradMode = "two") -> None:
+        self.mode = mode
+        probs = self.probs().cpu()
+        if mode == "weight":
+            self._active = int(torch.multinomial(probs, 1, generator=generator))
+        elif mode == "arch":
+            if grad_mode == "two" and len(self.names) > 2:
+                pair = torch.multinomial(probs, 2, replacement=False, generator=generator).tolist()
+            else:
+                pair = list(range(len(self.names)))
+            self._pair = pair
+            sub = F.softmax(self._arch_alpha.detach().cpu()[pair], dim=-1)
+            self._active = pair[int(torch.multinomial(sub, 1, generator=generator))]
+            self._pair_old = self._arch_alpha.detach()[pair].clone()
+        elif mode == "argmax":
+            self._active = int(torch.argmax(self._arch_alpha).item())
+        else:
+            raise ValueError(mode)
+
+    @torch.no_grad()
+    def rescale_pair(self) -> None:
+        """Keep the unsampled paths' probabilities unchanged after a two-path update."""
+        if self._pair_old is None or len(self._pair) == len(self.names):
+            return
+        idx = torch.tensor(self._pair, device=self._arch_alpha.device)
+        new = self._arch_alpha[idx]
+        offset = torch.logsumexp(new, 0) - torch.logsumexp(self._pair_old, 0)
+        self._arch_alpha[idx] -= offset
+
+    def expected_cost(self) -> torch.Tensor:
+        return (F.softmax(self._arch_alpha, dim=-1) * self.candidate_cost).sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode != "arch":
+            return self[self.names[self._active]](x)
+        p = F.softmax(self._arch_alpha[self._pair], dim=-1)
+        onehot = torch.zeros_like(p)
+        onehot[self._pair.index(self._active)] = 1.0
+        gates = onehot + p - p.detach()  # value: one-hot; gradient: dp/dalpha
+        out = 0
+        for g, i in zip(gates, self._pair):
+            out = out + g * self[self.names[i]](x)
+        return out
+
+
+class CompactProxyless(Proxyless):
+    """NNI ``Proxyless`` strategy whose mutation hooks install :class:`BinaryGateLayer`.
+
+    ``mutate_model(space)`` turns a model space into our supernet with NNI's machinery
+    (architecture parameters are created by NNI's DARTS ``mutate_model``).  In a
+    ``NasExperiment`` it trains with NNI's Lightning loop; the trial entry point uses
+    :class:`ProxylessSearch`, which has the paper's optimizers, the export, the exit criterion
+    and the run-folder trajectory.
+    """
+
+    def default_mutation_hooks(self):
+        return [BinaryGateLayer.mutate, no_default_hook]
+
+    def configure_softmax(self) -> nn.Module:
+        return nn.Softmax(-1)
+
+
+class SearchExit:
+    """Search-exit criterion: argmax stable for ``patience`` epochs and mean-entropy change < delta."""
+
+    def __init__(self, patience: int, entropy_delta: float):
+        self.patience = patience
+        self.entropy_delta = entropy_delta
+        self.last_arch: dict[str, str] | None = None
+        self.last_entropy: float | None = None
+        self.stable = 0
+        self.exit_epoch: int | None = None
+
+    def update(self, epochs_done: int, arch: dict[str, str], mean_entropy: float) -> bool:
+        """Feed the state after ``epochs_done`` epochs; True the first time the criterion holds."""
+        self.stable = self.stable + 1 if arch == self.last_arch else 0
+        d_entropy = math.inf if self.last_entropy is None else abs(mean_entropy - self.last_entropy)
+        self.last_arch, self.last_entropy = dict(arch), mean_entropy
+        if self.exit_epoch is None and self.stable >= self.patience and d_entropy < self.entropy_delta:
+            self.exit_epoch = epochs_done
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(last_arch=self.last_arch, last_entropy=self.last_entropy, stable=self.stable,
+                    exit_epoch=self.exit_epoch)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def _cycle(loader: Iterable) -> Iterator:
+    while True:
+        yield from loader
+
+
+class ProxylessSearch:
+    """The search loop (one object per search; owns its RNG, saved with its state).
+
+    Typical use::
+
+        search = ProxylessSearch(space, cfg, input_shape=(3, 32, 32), seed=0)
+        for epoch in range(cfg.search_epochs):
+            row = search.run_epoch(epoch, train_loader, val_loader, record=trajectory.extend)
+        arch = search.export()
+    """
+
+    def __init__(self, space: ModelSpace, config: ProxylessConfig, *, input_shape: tuple[int, ...],
+                 seed: int = 0, steps_per_epoch: int | None = None, device: str | torch.device = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.input_shape = tuple(input_shape)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # alpha init inside NNI's mutate_model uses the global RNG
+        self.supernet = CompactProxyless().mutate_model(space).to(self.device)
+        self.layers: list[BinaryGateLayer] = sorted(
+            (m for m in self.supernet.modules() if isinstance(m, BinaryGateLayer)), key=lambda m: m.label)
+        if not self.layers:
+            raise UserError("the search space has no LayerChoice to search (scope 'none'?)")
+        arch_ids = {id(m._arch_alpha) for m in self.layers}
+        self.arch_params = [m._arch_alpha for m in self.layers]
+        self.weight_params = [p for p in self.supernet.parameters() if id(p) not in arch_ids]
+        c = config
+        self.weight_opt = sgd_nesterov(self.weight_params, lr=c.weight_lr, momentum=c.weight_momentum,
+                                       weight_decay=c.weight_decay, nesterov=c.nesterov)
+        self.arch_opt = torch.optim.Adam(self.arch_params, lr=c.arch_lr, betas=c.arch_betas,
+                                         weight_decay=c.arch_weight_decay)
+        self.steps_per_epoch = steps_per_epoch
+        self.scheduler = None
+        self.global_step = 0
+        self.exit = SearchExit(c.exit_patience, c.exit_entropy_delta)
+        self._cost_ref = 1.0
+        self._fixed_cost = 0.0
+        self._fill_cost_tables()
+
+    # ---- costs ---------------------------------------------------------------------------
+    def _block_inputs(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def hook(mod, args):
+            shapes.setdefault(mod.label, tuple(args[0].shape[1:]))
+
+        hooks = [m.register_forward_pre_hook(hook) for m in self.layers]
+        try:
+            self._set_mode("argmax")
+            with torch.no_grad():
+                self.supernet.eval()
+                self.supernet(torch.zeros((1, *self.input_shape), device=self.device))
+                self.supernet.train()
+        finally:
+            for h in hooks:
+                h.remove()
+        return shapes
+
+    def _fill_cost_tables(self) -> None:
+        """Per-candidate params and FLOPs (always, for the metrics) and the cost-term table."""
+        shapes = self._block_inputs()
+        self.candidate_params: dict[str, list[int]] = {}
+        self.candidate_flops: dict[str, list[int]] = {}
+        for m in self.layers:
+            ops = [m[n] for n in m.names]
+            self.candidate_params[m.label] = [costmodel.count_params(op) for op in ops]
+            self.candidate_flops[m.label] = [costmodel.count_flops(op, shapes[m.label]) for op in ops]
+        all_params = costmodel.count_params(self.supernet) - sum(len(m.names) for m in self.layers)
+        self._fixed_params = all_params - sum(sum(v) for v in self.candidate_params.values())
+        self._set_mode("argmax")
+        total_flops = costmodel.count_flops(self.supernet, self.input_shape)
+        self._fixed_flops = total_flops - sum(self.candidate_flops[m.label][m._active] for m in self.layers)
+        if self.config.cost_term == "none":
+            return
+        for m in self.layers:
+            if self.config.cost_term == "flops":
+                values = self.candidate_flops[m.label]
+            else:
+                values = [costmodel.measure_latency(m[n], shapes[m.label], repeats=10) for n in m.names]
+            m.candidate_cost.copy_(torch.tensor(values, dtype=torch.float32))
+        # normalise by the cost of the all-first-candidate (baseline) blocks
+        self._cost_ref = float(sum(m.candidate_cost[0] for m in self.layers)) or 1.0
+
+    def arch_cost(self, arch: dict[str, str]) -> dict[str, int]:
+        """Params and FLOPs of the fixed network ``arch`` (from the per-candidate tables)."""
+        params, flops = self._fixed_params, self._fixed_flops
+        for m in self.layers:
+            i = m.names.index(arch[m.label])
+            params += self.candidate_params[m.label][i]
+            flops += self.candidate_flops[m.label][i]
+        return {"params": int(params), "flops": int(flops)}
+
+    def expected_cost(self) -> torch.Tensor:
+        return sum(m.expected_cost() for m in self.layers) / self._cost_ref
+
+    # ---- modes -----------------------------------------------------------------------------
+    def _set_mode(self, mode: str) -> None:
+        for m in self.layers:
+            m.sample(mode, self.generator, self.config.grad_mode)
+
+    def probs(self) -> dict[str, dict[str, float]]:
+        return {m.label: dict(zip(m.names, m.probs().tolist())) for m in self.layers}
+
+    def export(self) -> dict[str, str]:
+        """Argmax architecture (deterministic)."""
+        return {m.label: m.names[int(torch.argmax(m._arch_alpha))] for m in self.layers}
+
+    def mean_entropy(self) -> float:
+        return float(np.mean([entropy(m.probs()) for m in self.layers]))
+
+    def trajectory_rows(self, epoch: float) -> list[dict[str, Any]]:
+        rows = []
+        for m in self.layers:
+            probs = m.probs().tolist()
+            for name, a, p in zip(m.names, m._arch_alpha.detach().tolist(), probs):
+                rows.append({"epoch": round(epoch, 4), "step": self.global_step, "label": m.label, "choice": name,
+                             "alpha": a, "prob": p})
+        return rows
+
+    # ---- steps -----------------------------------------------------------------------------
+    def _arch_step(self, x: torch.Tensor, y: torch.Tensor, where: str) -> float:
+        self._set_mode("arch")
+        for p in self.weight_params:  # no weight gradients are needed for the arch step
+            p.requires_grad_(False)
+        try:
+            self.arch_opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.supernet(x), y)
+            check_finite(loss, f"{where} (architecture step)")
+            total = loss
+            if self.config.cost_term != "none" and self.config.cost_weight > 0:
+                total = loss + self.config.cost_weight * self.expected_cost()
+            total.backward()
+            self.arch_opt.step()
+            for m in self.layers:
+                m.rescale_pair()
+        finally:
+            for p in self.weight_params:
+                p.requires_grad_(True)
+        return float(loss.detach())
+
+    def _weight_step(self, x: torch.Tensor, y: torch.Tensor, where: str) -> tuple[float, int]:
+        self._set_mode("weight")
+        out = self.supernet(x)
+        loss = F.cross_entropy(out, y)
+        check_finite(loss, f"{where} (weight step)")
+        self.weight_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.weight_opt.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return float(loss.detach()), int((out.argmax(1) == y).sum())
+
+    def run_epoch(self, epoch: int, train_loader, val_loader, *,
+                  record: Callable[[list[dict[str, Any]]], None] | None = None, bar=None) -> dict[str, Any]:
+        """One search epoch: per batch an architecture step on a validation batch (after
+        warm-up), then a weight step on a training batch.  Returns the epoch's metrics row."""
+        c = self.config
+        steps = len(train_loader)
+        if self.scheduler is None:
+            self.steps_per_epoch = steps
+            self.scheduler = cosine_schedule(self.weight_opt, c.search_epochs * steps)
+            if self.global_step:
+                for _ in range(self.global_step):
+                    self.scheduler.step()
+        if epoch == 0 and record is not None and self.global_step == 0:
+            record(self.trajectory_rows(0.0))
+        arch_active = epoch >= c.warmup_epochs
+        for p in self.arch_params:
+            p.requires_grad_(arch_active)
+        self.supernet.train()
+        val_iter = _cycle(val_loader) if arch_active else None
+        tot_loss = tot_arch = 0.0
+        correct = n = 0
+        for i, (x, y) in enumerate(train_loader):
+            x, y = x.to(self.device), y.to(self.device)
+            where = f"search epoch {epoch} step {i}"
+            if val_iter is not None:
+                xv, yv = next(val_iter)
+                tot_arch += self._arch_step(xv.to(self.device), yv.to(self.device), where)
+            loss, corr = self._weight_step(x, y, where)
+            self.global_step += 1
+            tot_loss += loss * y.numel()
+            correct += corr
+            n += y.numel()
+            if c.record_every and record is not None and (i + 1) % c.record_every == 0 and i + 1 < steps:
+                record(self.trajectory_rows(epoch + (i + 1) / steps))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{tot_loss / n:.3f}", acc=f"{correct / n:.3f}", refresh=False)
+        self._set_mode("argmax")
+        val = evaluate(self.supernet, val_loader, self.device)
+        if record is not None:
+            record(self.trajectory_rows(epoch + 1.0))
+        arch = self.export()
+        h = self.mean_entropy()
+        changed = self.exit.last_arch is not None and arch != self.exit.last_arch
+        fired = self.exit.update(epoch + 1, arch, h)
+        return {
+            "phase": "search", "epoch": epoch,
+            "train_loss": tot_loss / max(n, 1), "train_acc": correct / max(n, 1),
+            "val_loss": val.loss, "val_acc": val.acc,
+            "arch_loss": tot_arch / max(steps, 1) if arch_active else None,
+            "mean_entropy": h, "arch_changed": int(changed), "exit_fired": int(fired),
+            "lr": self.weight_opt.param_groups[0]["lr"],
+            **self.arch_cost(arch),
+            "expected_cost": float(self.expected_cost()) if c.cost_term != "none" else None,
+        }
+
+    def should_stop(self) -> bool:
+        return self.config.stop_on_exit and self.exit.exit_epoch is not None
+
+    # ---- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "supernet": self.supernet.state_dict(),
+            "weight_opt": self.weight_opt.state_dict(),
+            "arch_opt": self.arch_opt.state_dict(),
+            "global_step": self.global_step,
+            "generator": self.generator.get_state(),
+            "exit": self.exit.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.supernet.load_state_dict(state["supernet"])
+        self.weight_opt.load_state_dict(state["weight_opt"])
+        self.arch_opt.load_state_dict(state["arch_opt"])
+        self.global_step = state["global_step"]
+        self.generator.set_state(state["generator"])
+        self.exit.load_state_dict(state["exit"])
+        self.scheduler = None  # rebuilt and fast-forwarded at the next epoch
+
