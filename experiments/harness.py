@@ -25,7 +25,7 @@ from . import nni_bridge
 from .config import config_to_dict
 from .runfolder import RunFolder, atomic_write_text, environment_info
 
-__all__ = ["CommonConfig", "RunContext", "execute", "seed_everything", "pick", "rng_state", "set_rng_state"]
+__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "seed_everything", "pick", "rng_state", "set_rng_state"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +60,18 @@ class CommonConfig:
         post = getattr(super(), "__post_init__", None)
         if post is not None:
             post()
+
+
+def load_images(cfg: CommonConfig):
+    """The image splits a trial config asks for (``data_dir`` is the user's name for ``root``)."""
+    from .data import load_image_dataset
+
+    try:
+        return load_image_dataset(cfg.dataset, root=cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                  download=cfg.download, augment=cfg.augment, limit=cfg.limit,
+                                  image_size=cfg.image_size)
+    except UserError as exc:
+        raise UserError(str(exc).replace("give root=<directory>", "set data_dir=<directory>")) from None
 
 
 def pick(cls: type, cfg: Any):

@@ -299,6 +299,7 @@ class ProxylessSearch:
                                          weight_decay=c.arch_weight_decay)
         self.steps_per_epoch = steps_per_epoch
         self.scheduler = None
+        self._pending_scheduler_state: dict | None = None
         self.global_step = 0
         self.exit = SearchExit(c.exit_patience, c.exit_entropy_delta)
         self._cost_ref = 1.0
@@ -427,9 +428,9 @@ class ProxylessSearch:
         if self.scheduler is None:
             self.steps_per_epoch = steps
             self.scheduler = cosine_schedule(self.weight_opt, c.search_epochs * steps)
-            if self.global_step:
-                for _ in range(self.global_step):
-                    self.scheduler.step()
+            if self._pending_scheduler_state is not None:
+                self.scheduler.load_state_dict(self._pending_scheduler_state)
+                self._pending_scheduler_state = None
         if epoch == 0 and record is not None and self.global_step == 0:
             record(self.trajectory_rows(0.0))
         arch_active = epoch >= c.warmup_epochs
@@ -486,6 +487,7 @@ class ProxylessSearch:
             "global_step": self.global_step,
             "generator": self.generator.get_state(),
             "exit": self.exit.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -495,5 +497,6 @@ class ProxylessSearch:
         self.global_step = state["global_step"]
         self.generator.set_state(state["generator"])
         self.exit.load_state_dict(state["exit"])
-        self.scheduler = None  # rebuilt and fast-forwarded at the next epoch
+        self.scheduler = None  # rebuilt (it needs the loader length) at the next epoch
+        self._pending_scheduler_state = state["scheduler"]
 

@@ -20,8 +20,8 @@ from search_spaces.resnet_scoped import SCOPES, STEMS, block_labels, build_resne
 from strategies.proxyless import ProxylessConfig, ProxylessSearch
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
-from ..data import load_image_dataset, make_loaders
-from ..harness import CommonConfig, RunContext, pick, rng_state, set_rng_state
+from ..data import make_loaders
+from ..harness import CommonConfig, RunContext, load_images, pick, rng_state, set_rng_state
 from ..runfolder import atomic_torch_save
 
 __all__ = ["ProxylessTrialConfig", "run"]
@@ -61,9 +61,7 @@ def _seed_loader(loader, seed: int) -> None:
 
 
 def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
-    splits = load_image_dataset(cfg.dataset, root=cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                download=cfg.download, augment=cfg.augment, limit=cfg.limit,
-                                image_size=cfg.image_size)
+    splits = load_images(cfg)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
     space_kwargs = _space_kwargs(cfg, splits)
     state = ctx.resumed or {}
