@@ -431,6 +431,8 @@ class ProxylessSearch:
             if self._pending_scheduler_state is not None:
                 self.scheduler.load_state_dict(self._pending_scheduler_state)
                 self._pending_scheduler_state = None
+                for group, lr in zip(self.weight_opt.param_groups, self.scheduler.get_last_lr()):
+                    group["lr"] = lr  # constructing the scheduler reset it to the base lr
         if epoch == 0 and record is not None and self.global_step == 0:
             record(self.trajectory_rows(0.0))
         arch_active = epoch >= c.warmup_epochs

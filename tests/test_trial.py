@@ -14,7 +14,8 @@ from strategies import training as training_mod
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--limit", "96", "--width", "0.0625", "--scope", "s", "--batch_size", "32",
-        "--search_epochs", "3", "--retrain_epochs", "2", "--record_every", "1", "--progress", "false"]
+        "--search_epochs", "3", "--retrain_epochs", "2", "--record_every", "1", "--progress", "false",
+        "--threads", "1"]
 
 
 def _run(argv, capsys):

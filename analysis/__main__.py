@@ -1,0 +1,53 @@
+"""``python -m analysis <folder> [--out DIR]``: tables and plots for a run or a study.
+
+``<folder>`` is a run folder, an NNI experiment folder or any folder with run folders below
+it.  Writes PNG + CSV files into ``<folder>/analysis/`` (or ``--out``), prints the tables
+and the paths written.  A bad path or a folder without runs: one ``error:`` line, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+
+def _error(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="run folder, NNI experiment folder or folder of runs")
+    p.add_argument("--out", default=None, help="output folder (default: <folder>/analysis)")
+    args = p.parse_args(argv)
+    folder = Path(args.folder)
+    if not folder.exists():  # answer bad paths before the slow imports
+        return _error(f"no such folder: {folder}")
+    if not folder.is_dir():
+        return _error(f"not a folder: {folder}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless; the package itself never touches pyplot
+    from .io import AnalysisError
+    from .report import report
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            res = report(args.folder, args.out)
+    except AnalysisError as e:
+        return _error(str(e))
+    for block in res.text:
+        print(block)
+        print()
+    print(f"wrote {len(res.files)} file(s):")
+    for f in res.files:
+        print(f"  {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
