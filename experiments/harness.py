@@ -25,7 +25,7 @@ from . import nni_bridge
 from .config import config_to_dict
 from .runfolder import RunFolder, atomic_write_text, environment_info
 
-__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "seed_everything", "pick", "rng_state", "set_rng_state"]
+__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "resolve_device", "seed_everything", "pick", "rng_state", "set_rng_state"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +41,7 @@ class CommonConfig:
     augment: bool = True
     batch_size: int = 64
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"      # auto: cuda when available, else cpu
     threads: int = 0          # torch intra-op threads (0: torch's default)
     progress: bool = True
 
@@ -52,8 +52,8 @@ class CommonConfig:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit must be >= 1, got {self.limit}")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise UserError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise UserError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.threads < 0:
             raise UserError(f"threads must be >= 0, got {self.threads}")
         # dataclass inheritance: let subclasses chain their own checks after ours
@@ -72,6 +72,14 @@ def load_images(cfg: CommonConfig):
                                   image_size=cfg.image_size)
     except UserError as exc:
         raise UserError(str(exc).replace("give root=<directory>", "set data_dir=<directory>")) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but no CUDA device is available")
+    return torch.device(name)
 
 
 def pick(cls: type, cfg: Any):

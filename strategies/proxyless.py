@@ -51,6 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from nni.mutable import Categorical
 from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 from nni.nas.oneshot.pytorch.strategy import Proxyless, no_default_hook
 from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 
@@ -63,6 +64,7 @@ __all__ = [
     "ProxylessConfig",
     "BinaryGateLayer",
     "CompactProxyless",
+    "BinaryGateLightningModule",
     "ProxylessSearch",
     "SearchExit",
     "entropy",
@@ -213,18 +215,80 @@ class BinaryGateLayer(LayerChoice, BaseSuperNetModule):
         return out
 
 
+class BinaryGateLightningModule(DartsLightningModule):
+    """NNI's one-shot Lightning loop with our binary-gate steps (used inside ``NasExperiment``).
+
+    Per batch: architecture step on the validation batch with two (or all) gated paths, Adam
+    with the paper's settings (lr 1e-3, no weight decay, instead of NNI's hard-coded
+    ``betas=(0.5, 0.999), weight_decay=1e-3``), then the pair rescaling; then a weight step
+    with one sampled path through the evaluator's own optimizer.
+    """
+
+    def __init__(self, training_module, *, arc_learning_rate: float = 1e-3, grad_mode: GradMode = "two",
+                 seed: int = 0, warmup_epochs: int = 0, **kwargs):
+        super().__init__(training_module, arc_learning_rate=arc_learning_rate, warmup_epochs=warmup_epochs, **kwargs)
+        self.grad_mode = grad_mode
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _gates(self) -> list[BinaryGateLayer]:
+        return [m for m in self.supernet_modules() if isinstance(m, BinaryGateLayer)]
+
+    def _set_mode(self, mode: str) -> None:
+        for m in self._gates():
+            m.sample(mode, self.generator, self.grad_mode)
+
+    def training_step(self, batch, batch_idx):
+        arc_optim = self.architecture_optimizers()
+        if self.warmup_epochs == 0 or self.trainer.current_epoch >= self.warmup_epochs:
+            self._set_mode("arch")
+            arc_optim.zero_grad()
+            arc_loss = self.training_module.training_step(batch["val"], 2 * batch_idx)
+            if isinstance(arc_loss, dict):
+                arc_loss = arc_loss["loss"]
+            self.manual_backward(arc_loss)
+            arc_optim.step()
+            for m in self._gates():
+                m.rescale_pair()
+        self._set_mode("weight")
+        out = self.training_module.training_step(batch["train"], 2 * batch_idx + 1)
+        w_loss = out["loss"] if isinstance(out, dict) else out
+        self.advance_optimization(w_loss, batch_idx, self.gradient_clip_val)
+        self.advance_lr_schedulers(batch_idx)
+        self._set_mode("argmax")  # validation / export see the deterministic network
+        if batch_idx % self.log_prob_every_n_step == 0:
+            self.log_probs(self.export_probs())
+        return out
+
+    def configure_architecture_optimizers(self):
+        params = self.arch_parameters()
+        if not params:
+            raise ValueError("no architecture parameters found: nothing to search")
+        return torch.optim.Adam(params, self.arc_learning_rate, weight_decay=0.0)
+
+
 class CompactProxyless(Proxyless):
     """NNI ``Proxyless`` strategy whose mutation hooks install :class:`BinaryGateLayer`.
 
     ``mutate_model(space)`` turns a model space into our supernet with NNI's machinery
-    (architecture parameters are created by NNI's DARTS ``mutate_model``).  In a
-    ``NasExperiment`` it trains with NNI's Lightning loop; the trial entry point uses
-    :class:`ProxylessSearch`, which has the paper's optimizers, the export, the exit criterion
-    and the run-folder trajectory.
+    (architecture parameters are created by NNI's DARTS ``mutate_model``); in a
+    ``NasExperiment`` it trains with :class:`BinaryGateLightningModule` and exports the argmax
+    architecture.  The trial entry point uses :class:`ProxylessSearch` on the same supernet,
+    which adds the expected-cost term, the exit criterion and the run-folder trajectory.
     """
+
+    def __init__(self, *, arc_learning_rate: float = 1e-3, grad_mode: GradMode = "two", seed: int = 0, **kwargs):
+        super().__init__(arc_learning_rate=arc_learning_rate, **kwargs)
+        self.grad_mode = grad_mode
+        self.seed = seed
 
     def default_mutation_hooks(self):
         return [BinaryGateLayer.mutate, no_default_hook]
+
+    def configure_oneshot_module(self, training_module):
+        return BinaryGateLightningModule(training_module, arc_learning_rate=self.arc_learning_rate,
+                                         grad_mode=self.grad_mode, seed=self.seed, warmup_epochs=self.warmup_epochs,
+                                         gradient_clip_val=self.gradient_clip_val,
+                                         log_prob_every_n_step=self.log_prob_every_n_step)
 
     def configure_softmax(self) -> nn.Module:
         return nn.Softmax(-1)

@@ -189,3 +189,23 @@ def test_warmup_keeps_alpha_fixed():
     assert all(torch.equal(b, m._arch_alpha.detach()) for b, m in zip(before, search.layers))
     search.run_epoch(1, loader, loader)
     assert not all(torch.equal(b, m._arch_alpha.detach()) for b, m in zip(before, search.layers))
+
+
+def test_usable_as_strategy_in_nni_nas_experiment(tmp_path):
+    """CompactProxyless in NNI's NasExperiment (sequential engine, Lightning loop) finds the toy optimum."""
+    from nni.nas.evaluator.pytorch import Classification
+    from nni.nas.evaluator.pytorch import DataLoader as NniDataLoader
+    from nni.nas.experiment import NasExperiment
+
+    train, val = _toy_data().dataset, _toy_data(seed=2).dataset
+    evaluator = Classification(
+        train_dataloaders=NniDataLoader(train, batch_size=64, shuffle=True),
+        val_dataloaders=NniDataLoader(val, batch_size=64), num_classes=4, max_epochs=8, learning_rate=0.05,
+        accelerator="cpu", enable_progress_bar=False, logger=False, enable_checkpointing=False)
+    exp = NasExperiment(ToySpace(), evaluator, CompactProxyless(arc_learning_rate=0.05))
+    exp.config.experiment_working_directory = str(tmp_path)
+    try:
+        exp.run()
+        assert exp.export_top_models(formatter="dict") == [{"block01": "identity"}]
+    finally:
+        exp.stop()

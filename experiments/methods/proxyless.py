@@ -21,7 +21,7 @@ from strategies.proxyless import ProxylessConfig, ProxylessSearch
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
-from ..harness import CommonConfig, RunContext, load_images, pick, rng_state, set_rng_state
+from ..harness import CommonConfig, RunContext, load_images, pick, resolve_device, rng_state, set_rng_state
 from ..runfolder import atomic_torch_save
 
 __all__ = ["ProxylessTrialConfig", "run"]
@@ -65,7 +65,7 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
     space_kwargs = _space_kwargs(cfg, splits)
     state = ctx.resumed or {}
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     times = state.get("times", {"search": 0.0, "retrain": 0.0})
 
     # ---- search ------------------------------------------------------------------------
