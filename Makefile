@@ -1,0 +1,38 @@
+# CompactNAS — two commands on a fresh machine:  make demo   /   make test
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# trials started by nnictl find the venv's python first
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup demo test test-slow bench clean help
+
+help:
+	@echo "make demo   - set up .venv and run the ProxylessNAS scope study on embedded data under nnictl"
+	@echo "make test   - set up .venv and run the fast test suite"
+	@echo "make bench  - run the benchmarks in bench/ (ratios printed, JSON + PNG in bench/out/)"
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip<27"
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m experiments.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) bench/proxyless_memory.py
+
+clean:
+	rm -rf runs bench/out .pytest_cache
