@@ -12,7 +12,9 @@ Sec. II and IV-A).  What is implemented, and how it differs from NNI 3.0's built
   *Architecture step* (``grad_mode="two"``, the original's default): two paths are sampled
   without replacement, the gate over them is ``g = onehot(active) + p - stopgrad(p)`` with
   ``p = softmax(alpha[pair])``, so the forward value equals the single active path while
-  ``dL/dalpha_i = sum_j dL/dg_j p_j (delta_ij - p_i)`` - exactly ProxylessNAS's estimator; after
+  ``dL/dalpha_i = sum_j dL/dg_j p_j (delta_ij - p_i)`` - exactly ProxylessNAS's estimator; the
+  inactive path is recomputed without autograd in the backward (its activations are never
+  saved: the arch step's saved memory equals a single-path step's); after
   the Adam step the two updated logits are shifted so the probability mass of the unsampled
   paths is unchanged (the original's ``rescale_updated_arch_param``).  ``grad_mode="full"``
   uses all N paths (the full estimator).
@@ -88,6 +90,7 @@ class ProxylessConfig:
     arch_weight_decay: float = 0.0
     arch_betas: tuple[float, float] = (0.9, 0.999)
     grad_mode: GradMode = "two"
+    arch_every: int = 1             # an architecture step every K batches (ProxylessNAS's code: 5)
     cost_term: CostTerm = "none"
     cost_weight: float = 0.0
     record_every: int = 0           # also record the trajectory every K steps (0: epoch ends only)
@@ -111,6 +114,8 @@ class ProxylessConfig:
             raise UserError(f"cost_weight must be >= 0, got {self.cost_weight}")
         if self.exit_patience < 1:
             raise UserError(f"exit_patience must be >= 1, got {self.exit_patience}")
+        if self.arch_every < 1:
+            raise UserError(f"arch_every must be >= 1, got {self.arch_every}")
         if self.record_every < 0:
             raise UserError(f"record_every must be >= 0, got {self.record_every}")
 
@@ -203,16 +208,38 @@ class BinaryGateLayer(LayerChoice, BaseSuperNetModule):
         return (F.softmax(self._arch_alpha, dim=-1) * self.candidate_cost).sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        active = self[self.names[self._active]](x)
         if self.mode != "arch":
-            return self[self.names[self._active]](x)
+            return active
         p = F.softmax(self._arch_alpha[self._pair], dim=-1)
-        onehot = torch.zeros_like(p)
-        onehot[self._pair.index(self._active)] = 1.0
-        gates = onehot + p - p.detach()  # value: one-hot; gradient: dp/dalpha
-        out = 0
-        for g, i in zip(gates, self._pair):
-            out = out + g * self[self.names[i]](x)
-        return out
+        return _BinaryGate.apply(p, x, active, self)
+
+
+class _BinaryGate(torch.autograd.Function):
+    """Forward: the active path's output (gate value one-hot).  Backward: ``dL/dg_k = <dL/dy,
+    y_k>`` for every gated path, the inactive ones recomputed under ``no_grad`` (so their
+    activations are never saved, as in ProxylessNAS's own implementation); ``p`` stays
+    outside so autograd applies the softmax Jacobian: ``dL/dalpha_i = sum_j dL/dg_j p_j
+    (delta_ij - p_i)``."""
+
+    @staticmethod
+    def forward(ctx, p, x, active, layer):
+        ctx.layer = layer
+        ctx.save_for_backward(x, active)
+        return active.view_as(active)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, active = ctx.saved_tensors
+        layer: BinaryGateLayer = ctx.layer
+        grad_p = None
+        if ctx.needs_input_grad[0]:
+            grad_p = torch.zeros(len(layer._pair), dtype=grad_out.dtype, device=grad_out.device)
+            with torch.no_grad():
+                for k, i in enumerate(layer._pair):
+                    y = active if i == layer._active else layer[layer.names[i]](x)
+                    grad_p[k] = (grad_out * y).sum()
+        return grad_p, None, grad_out, None
 
 
 class BinaryGateLightningModule(DartsLightningModule):
@@ -509,7 +536,7 @@ class ProxylessSearch:
         for i, (x, y) in enumerate(train_loader):
             x, y = x.to(self.device), y.to(self.device)
             where = f"search epoch {epoch} step {i}"
-            if val_iter is not None:
+            if val_iter is not None and i % c.arch_every == 0:
                 xv, yv = next(val_iter)
                 tot_arch += self._arch_step(xv.to(self.device), yv.to(self.device), where)
             loss, corr = self._weight_step(x, y, where)
@@ -534,7 +561,7 @@ class ProxylessSearch:
             "phase": "search", "epoch": epoch,
             "train_loss": tot_loss / max(n, 1), "train_acc": correct / max(n, 1),
             "val_loss": val.loss, "val_acc": val.acc,
-            "arch_loss": tot_arch / max(steps, 1) if arch_active else None,
+            "arch_loss": tot_arch / max(math.ceil(steps / c.arch_every), 1) if arch_active else None,
             "mean_entropy": h, "arch_changed": int(changed), "exit_fired": int(fired),
             "lr": self.weight_opt.param_groups[0]["lr"],
             **self.arch_cost(arch),

@@ -27,7 +27,7 @@ class EpochStats:
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
     """Raise :class:`TrialFailed` naming ``where`` when the loss is NaN/inf."""
-    if not torch.isfinite(loss).all():
+    if not torch.isfinite(loss.detach()).all():
         raise TrialFailed(f"non-finite loss ({float(loss.detach())}) at {where}")
 
 
