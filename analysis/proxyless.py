@@ -255,7 +255,12 @@ def plot_trajectories(x: Run | pd.DataFrame, *, blocks: Sequence[str] | None = N
         if i + ncols >= n:  # bottom panel of its column
             ax.set_xlabel("search epoch")
             ax.tick_params(labelbottom=True)
-    axes[0].set_ylim(bottom=0)
+    # zoom to the data (shared y): early in a search softmax(alpha) moves by a few 1e-3 around 1/N,
+    # which a 0..1 axis would flatten; a floor on the span keeps noise from looking like a trend
+    lo, hi = float(traj["prob"].min()), float(traj["prob"].max())
+    span = max(hi - lo, 0.02)
+    mid = (lo + hi) / 2
+    axes[0].set_ylim(max(0.0, mid - 0.55 * span), min(1.0, mid + 0.55 * span))
     handles = [Line2D([], [], color=s["color"], ls=s["ls"], lw=1.8, label=s["label"]) for s in styles.values()]
     handles.append(Line2D([], [], color="0.35", ls=":", lw=1.2, label="convergence epoch"))
     if exit_epoch is not None:
