@@ -191,12 +191,13 @@ def test_warmup_keeps_alpha_fixed():
     assert not all(torch.equal(b, m._arch_alpha.detach()) for b, m in zip(before, search.layers))
 
 
-def test_usable_as_strategy_in_nni_nas_experiment(tmp_path):
+def test_usable_as_strategy_in_nni_nas_experiment(tmp_path, monkeypatch):
     """CompactProxyless in NNI's NasExperiment (sequential engine, Lightning loop) finds the toy optimum."""
     from nni.nas.evaluator.pytorch import Classification
     from nni.nas.evaluator.pytorch import DataLoader as NniDataLoader
     from nni.nas.experiment import NasExperiment
 
+    monkeypatch.setenv("HOME", str(tmp_path))  # NNI registers experiments under ~/nni-experiments
     train, val = _toy_data().dataset, _toy_data(seed=2).dataset
     evaluator = Classification(
         train_dataloaders=NniDataLoader(train, batch_size=64, shuffle=True),
