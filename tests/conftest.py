@@ -13,3 +13,38 @@ def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture
+def run_notebook(tmp_path, monkeypatch):
+    """Execute ``analysis/notebooks/trajectories.ipynb`` on a folder; returns its code-cell outputs.
+
+    A private kernelspec runs *this* interpreter, so a global "python3" kernel (or none at all)
+    on the machine cannot change what executes the notebook.
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    root = Path(__file__).resolve().parents[1]
+    kdir = tmp_path / "jupyter" / "kernels" / "compactnas-test"
+    kdir.mkdir(parents=True)
+    (kdir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "compactnas test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+
+    def run(folder):
+        monkeypatch.setenv("COMPACTNAS_RUN_DIR", str(folder))
+        nb = nbformat.read(root / "analysis" / "notebooks" / "trajectories.ipynb", as_version=4)
+        client = nbclient.NotebookClient(nb, kernel_name="compactnas-test", timeout=180,
+                                         resources={"metadata": {"path": str(root / "analysis" / "notebooks")}})
+        client.execute()
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"]
+        return outputs
+
+    return run

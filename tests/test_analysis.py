@@ -286,28 +286,11 @@ def test_fig3_layout(tmp_path):
 
 
 # ---- notebook -----------------------------------------------------------------------------
-def test_notebook_runs_headless(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+def test_notebook_runs_headless(tmp_path, run_notebook):
     exp = tmp_path / "runs"
     write_run(exp / "l_seed0", scope="l", exit_epoch=6)
     write_run(exp / "resnet50", scope="none", method="baseline", top1=0.911)
-    # A private kernelspec that runs *this* interpreter, so a global "python3" kernel (or
-    # none at all) on the machine cannot change what executes the notebook.
-    kdir = tmp_path / "jupyter" / "kernels" / "compactnas-test"
-    kdir.mkdir(parents=True)
-    (kdir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "compactnas test", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("COMPACTNAS_RUN_DIR", str(exp))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nb = nbformat.read(ROOT / "analysis" / "notebooks" / "trajectories.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="compactnas-test", timeout=120,
-                                     resources={"metadata": {"path": str(ROOT / "analysis" / "notebooks")}})
-    client.execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = run_notebook(exp)
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 1 + 1 + 2  # scopes + Fig. 3 for the proxyless run + curves for both runs
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.nnictl
 
 
-def test_scope_study_under_nnictl(tmp_path):
+def test_scope_study_under_nnictl(tmp_path, run_notebook):
     config = {
         "experimentName": "test-proxyless-scopes",
         "searchSpace": {"scope": {"_type": "choice", "_value": ["none", "s", "m"]}},
@@ -53,3 +53,7 @@ def test_scope_study_under_nnictl(tmp_path):
         table = (exp.experiment_dir / "analysis" / "table1.csv").read_text()
         assert "none" in table or "baseline" in table
         assert (exp.experiment_dir / "analysis" / "scopes.png").stat().st_size > 10_000
+        # the notebook runs top to bottom on this real experiment's output
+        outputs = run_notebook(exp.experiment_dir)
+        pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(pngs) >= 3  # scopes + Fig. 3 of the searched runs
