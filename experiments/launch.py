@@ -209,6 +209,8 @@ def _experiment_env(tmp_path: Path, isolate_home: bool, extra: dict[str, str] | 
     env.pop("DISPLAY", None)
     for key in [k for k in env if k.startswith("NNI_")]:
         env.pop(key)  # a test run from inside an NNI trial must not leak its trial identity
+    # trial commands say ``python``: make it this interpreter (the project's venv)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if isolate_home:
         home = Path(tmp_path) / "home"
         home.mkdir(parents=True, exist_ok=True)
