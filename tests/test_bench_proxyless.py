@@ -56,4 +56,6 @@ def test_report_and_outputs(tiny_run, tmp_path):
     data = json.loads(out.read_text())
     assert set(data["arms"]) == {"reference", "ours", "nni_proxyless", "nni_darts"}
     assert all(a["time_ms"]["total_ms"] > 0 for a in data["arms"].values())
-    assert len(data["checks"]) == 4 and png.stat().st_size > 0
+    binding = [c for c in data["checks"] if c["binding"]]
+    assert len(binding) == 3 and png.stat().st_size > 0
+    assert any("arch_every=5" in c["name"] for c in data["checks"])
