@@ -9,7 +9,7 @@ here adds its own.  Each method registers two optional functions:
   ``baseline`` run.
 
 Registering a method twice is an error (no silent overrides).  Methods that are not
-registered (growth, EPNAS, SCANN until they add theirs) get the generic report only.
+registered get the generic report only.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from . import proxyless
+from . import epnas, growth, proxyless
 from .io import AnalysisError, Run, is_run_dir, load_run, load_runs
 from .output import Output, format_table, save_csv, save_figure
 from .plots import plot_curves
@@ -49,6 +49,23 @@ def register(method: str, *, run: RunReport | None = None, study: StudyReport | 
 
 
 register(proxyless.METHOD, run=proxyless.report_run, study=proxyless.report_study)
+
+
+def _file_reports(method: str, run_fn=None, study_fn=None) -> None:
+    """Register a method whose report functions take folders and return the files written
+    (``fn(run_dir, out_dir)`` / ``fn(run_dirs, out_dir)``); a study sees only its own runs."""
+    def run_report(run: Run, out: Path) -> Output:
+        return Output(files=list(run_fn(run.path, out)))
+
+    def study_report(runs: Sequence[Run], out: Path) -> Output:
+        mine = [r.path for r in runs if r.method == method]
+        return Output(files=list(study_fn(mine, out))) if mine else Output()
+
+    register(method, run=run_report if run_fn else None, study=study_report if study_fn else None)
+
+
+_file_reports("growth", growth.report_run, growth.report_study)
+_file_reports("epnas", None, epnas.report_study)
 
 
 # ---- generic ------------------------------------------------------------------------------

@@ -33,10 +33,14 @@ def get_method(name: str) -> Method:
 
 
 def _register_builtin() -> None:
-    from . import proxyless
+    from . import epnas, growth, proxyless
 
     register(Method("proxyless", proxyless.ProxylessTrialConfig, proxyless.run,
                     "customized ProxylessNAS over a ResNet-50 search scope (+ retrain)"))
+    register(Method("growth", growth.GrowthTrialConfig, growth.run,
+                    "continuation growth by structured continuous sparsification (+ fine-tune)"))
+    register(Method("epnas", epnas.EpnasTrialConfig, epnas.run,
+                    "EPNAS: one proxy-trained morphed network per trial (the tuner is the controller)"))
 
 
 _register_builtin()

@@ -1,0 +1,253 @@
+"""Trial runner for EPNAS: one trial = one morphed network, proxy-trained (performance prediction).
+
+Paper: ``../shared/seeds/004_bfe1c9d7ecd157ae.txt`` (Sec. 3.4, training details Sec. 4.1).  The
+architecture comes from the controller (:mod:`strategies.epnas_nni` puts it, with episode /
+step / branch / parent and the resource constraints, into the trial's NNI parameters).  The trial
+
+1. builds the network (:func:`search_spaces.epnas.build_network`; an invalid one is a one-line
+   error, exit 2, which the controller counts as a failed trial);
+2. loads matching weights from the global parameter-sharing dictionary (:class:`SharedWeights`,
+   keys ``"<layer index>:<op type>"``; mismatched shapes are sliced or padded);
+3. proxy-trains it: SGD-Nesterov, large batch with a proportionally larger learning rate
+   (``lr * batch_size / batch_ref``; the paper's 0.5 at batch 1024), cosine decay over ``epochs``
+   (20) and an early stop after ``stop_epoch`` (10) epochs;
+4. reports ``default`` = the constrained reward (``strategies.epnas.constrained_reward``) of the
+   validation accuracy, and numeric ``accuracy``, ``params``, ``flops``, ``bytes``, ``intensity``,
+   ``episode``, ``step``, ``branch``, ``parent``, ``trial`` (web UI columns);
+5. writes its weights back into the sharing dictionary (for each key the better accuracy wins).
+
+The sharing file is ``<run folder>/../epnas_shared.pt`` unless ``share_file`` is given: inside
+nnictl ``<experiment>/trials/epnas_shared.pt``, shared by all trials of the experiment.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from search_spaces.epnas import SpaceConfig, arch_cost, arch_from_json, build_network, random_arch, validate_arch
+from search_spaces.errors import UserError
+from strategies.epnas import constrained_reward, constraints_of, copy_sliced, merge_entries
+from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
+
+from ..data import make_loaders
+from ..harness import CommonConfig, RunContext, load_images, resolve_device, rng_state, set_rng_state
+from ..runfolder import atomic_torch_save, atomic_write_bytes
+
+__all__ = ["EpnasTrialConfig", "SharedWeights", "space_config", "run"]
+
+SHARE_NAME = "epnas_shared.pt"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpnasTrialConfig(CommonConfig):
+    """Flat trial config: data (CommonConfig) + space + proxy training + reward + controller tags."""
+
+    dataset: str = "cifar10"
+    batch_size: int = 1024            # performance prediction: BZ 1024 (Sec. 4.1)
+    arch: str = ""                    # architecture JSON; "": a random network drawn with ``seed``
+    space: str = "layer"
+    max_layers: int = 12
+    max_branches: int = 5
+    stem_channels: int = 32
+    cell_channels: int = 16
+    cells_per_stage: int = 2
+    stages: int = 3
+    min_spatial: int = 4
+    epochs: int = 20                  # cosine schedule length (the paper's 20 epochs)
+    stop_epoch: int = 10              # early stop (the paper's 10 epochs with prediction)
+    lr: float = 0.5                   # at batch_ref (the paper's LR 0.5 with BZ 1024)
+    batch_ref: int = 1024
+    momentum: float = 0.9
+    weight_decay: float = 5e-4        # not given in the paper
+    nesterov: bool = True
+    share: bool = True
+    share_file: str = ""
+    base_penalty: float = 0.9
+    params_min: float | None = None
+    params_max: float | None = None
+    flops_min: float | None = None
+    flops_max: float | None = None
+    intensity_min: float | None = None
+    intensity_max: float | None = None
+    trial: int = -1
+    episode: int = -1
+    step: int = -1
+    branch: int = -1
+    parent: int = -1
+
+    def __post_init__(self):
+        super().__post_init__()
+        space_config(self)  # range checks of the space fields
+        if self.epochs < 1 or not 1 <= self.stop_epoch <= self.epochs:
+            raise UserError(f"need epochs >= 1 and 1 <= stop_epoch <= epochs, got {self.epochs}, {self.stop_epoch}")
+        if not self.lr > 0 or self.batch_ref < 1:
+            raise UserError("lr must be > 0 and batch_ref >= 1")
+        if not 0 < self.base_penalty < 1:
+            raise UserError(f"base_penalty must be in (0, 1), got {self.base_penalty}")
+        for name, (lo, hi) in constraints_of(self).items():
+            if lo is not None and hi is not None and lo > hi:
+                raise UserError(f"{name}_min={lo:g} is above {name}_max={hi:g}")
+
+
+def space_config(cfg: Any) -> SpaceConfig:
+    return SpaceConfig(kind=cfg.space, max_layers=cfg.max_layers, max_branches=cfg.max_branches,
+                       stem_channels=cfg.stem_channels, cell_channels=cfg.cell_channels,
+                       cells_per_stage=cfg.cells_per_stage, stages=cfg.stages, min_spatial=cfg.min_spatial)
+
+
+class SharedWeights:
+    """The global parameter-sharing dictionary of Sec. 3.4 in one file.
+
+    ``{"version": 1, "entries": {key: {"score": accuracy, "state": {name: tensor}}}}``, read and
+    written under an ``fcntl`` lock on ``<file>.lock`` (read-modify-write is serialised between
+    concurrent trials) and replaced atomically (temp file + rename: a reader never sees a torn
+    file).  A file that cannot be read is ignored with a warning and replaced on the next write.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def read(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        try:
+            blob = torch.load(io.BytesIO(self.path.read_bytes()), weights_only=True, map_location="cpu")
+            entries = blob["entries"]
+            if blob.get("version") != 1 or not isinstance(entries, dict):
+                raise ValueError("unexpected layout")
+            for key, e in entries.items():
+                float(e["score"])
+                if not all(isinstance(t, torch.Tensor) for t in e["state"].values()):
+                    raise ValueError(f"entry {key!r} holds non-tensors")
+            return entries
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is ignored, never a crash
+            warnings.warn(f"ignoring unreadable parameter-sharing file {self.path}: {type(exc).__name__}: {exc}",
+                          RuntimeWarning, stacklevel=2)
+            return {}
+
+    def load_into(self, model: nn.Module) -> int:
+        """Copy stored weights into ``model.shareable()`` modules; returns the number of keys used."""
+        with self._locked(exclusive=False):
+            entries = self.read()
+        used = 0
+        with torch.no_grad():
+            for key, module in model.shareable().items():
+                entry = entries.get(key)
+                if entry is None:
+                    continue
+                own = module.state_dict()
+                for name, tensor in entry["state"].items():
+                    if name in own:
+                        copy_sliced(own[name], tensor.to(own[name].dtype))
+                used += 1
+        return used
+
+    def update(self, model: nn.Module, score: float) -> int:
+        """Merge ``model``'s weights in (per key, the higher score wins); returns keys written."""
+        with self._locked(exclusive=True):
+            entries = self.read()
+            written = merge_entries(entries, {k: m.state_dict() for k, m in model.shareable().items()}, score)
+            buf = io.BytesIO()
+            torch.save({"version": 1, "entries": entries}, buf)
+            atomic_write_bytes(self.path, buf.getvalue())
+        return written
+
+
+def _share_path(cfg: EpnasTrialConfig, ctx: RunContext) -> Path:
+    return Path(cfg.share_file) if cfg.share_file else ctx.run.path.resolve().parent / SHARE_NAME
+
+
+def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
+    space = space_config(cfg)
+    arch = arch_from_json(cfg.arch) if cfg.arch else random_arch(space, random.Random(cfg.seed))
+    arch = validate_arch(arch, space)
+    splits = load_images(cfg)
+    train_loader, val_loader, _ = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_network(arch, space, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    cost = arch_cost(arch, space, splits.input_shape, splits.num_classes)
+    lr = cfg.lr * cfg.batch_size / cfg.batch_ref  # keep LR / batch size constant (Smith et al. 2018)
+    state = ctx.resumed or {}
+    store = SharedWeights(_share_path(cfg, ctx)) if cfg.share else None
+    shared_loaded = state.get("shared_loaded", 0)
+    if store is not None and not state:
+        shared_loaded = store.load_into(model)
+    model.to(device)
+    opt = sgd_nesterov(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       nesterov=cfg.nesterov)
+    sched = cosine_schedule(opt, cfg.epochs * len(train_loader))
+    start, elapsed = 0, 0.0
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start, elapsed = state["epochs_done"], state["time_s"]
+        set_rng_state(state["rng"])
+    ctx.run.write_json("arch.json", {"arch": arch, "space": cfg.space, "space_config": vars(space)})
+    val_acc = state.get("val_acc", 0.0)
+    with ctx.bar(cfg.stop_epoch * len(train_loader), f"epnas trial {cfg.trial}", cfg.progress) as bar:
+        bar.update(start * len(train_loader))
+        for epoch in range(start, cfg.stop_epoch):
+            gen = getattr(train_loader, "generator", None)
+            if gen is not None:
+                gen.manual_seed(cfg.seed * 100003 + epoch)
+            t0 = time.time()
+            tr = train_epoch(model, train_loader, opt, scheduler=sched, device=device, where=f"epoch {epoch}", bar=bar)
+            val = evaluate(model, val_loader, device)
+            elapsed += time.time() - t0
+            val_acc = val.acc
+            ctx.report_epoch({"phase": "proxy", "epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
+                              "val_loss": val.loss, "val_acc": val.acc, "lr": opt.param_groups[0]["lr"],
+                              "params": cost.params, "flops": cost.flops, "time_s": elapsed})
+            ctx.run.save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                     "epochs_done": epoch + 1, "time_s": elapsed, "val_acc": val_acc,
+                                     "shared_loaded": shared_loaded, "rng": rng_state()})
+    usage = {"params": cost.params, "flops": cost.flops, "intensity": cost.intensity}
+    reward = constrained_reward(val_acc, usage, constraints_of(cfg), cfg.base_penalty)
+    model.cpu()
+    shared_written = store.update(model, val_acc) if store is not None else 0
+    atomic_torch_save(model.state_dict(), ctx.run.file("model.pt"))
+    if not math.isfinite(reward):
+        reward = 0.0
+    return {
+        "default": reward,
+        "reward": reward,
+        "accuracy": val_acc,
+        "params": cost.params,
+        "flops": cost.flops,
+        "bytes": cost.bytes,
+        "intensity": cost.intensity,
+        "trial": cfg.trial,
+        "episode": cfg.episode,
+        "step": cfg.step,
+        "branch": cfg.branch,
+        "parent": cfg.parent,
+        "layers": len(arch.get("layers", arch.get("branches", []))),
+        "shared_loaded": shared_loaded,
+        "shared_written": shared_written,
+        "epochs_trained": cfg.stop_epoch,
+        "train_time_s": elapsed,
+        "arch": arch,
+    }

@@ -1,0 +1,409 @@
+"""NNI adapter for the EPNAS controller: the customized tuner that nnictl runs.
+
+    tuner:
+      codeDirectory: ../..                       # the repository root
+      className: strategies.epnas_nni.EpnasTuner
+      classArgs: {space: layer, branches: 8, episodes: 15, params_max: 2.0e+6, ...}
+
+The tuner is thin: every decision is :class:`strategies.epnas.EpnasController`'s (or a baseline's
+from :mod:`strategies.search_baselines`, ``algorithm: random | evolution | morph``); the tuner
+maps NNI parameter ids to the controller's trial keys and sends each trial its architecture
+(JSON), the space settings, the constraints and ``trial / episode / step / branch / parent``, which
+``experiments.methods.epnas`` reports back as web-UI columns.
+
+Robustness
+----------
+* failed or killed trials (``trial_end`` without a result) are told as failures: the controller
+  gives them ``failure_reward`` and the search goes on;
+* results may arrive in any order and more than once (the controller ignores repeats); the trial
+  key is read from the parameters the trial ran (``receive_trial_result`` ids are right, see
+  ``experiments.nni_bridge``), not from an id map;
+* when NNI asks for a trial while no branch is idle (an episode boundary waiting for the last
+  results) the tuner answers "no more trials" and later submits the owed trials itself through
+  NNI's ``st_callback``, so concurrency stays at ``branches``;
+* after every change the whole state (controller: policy, optimizer, baseline, population,
+  records, RNGs; tuner: id map) is written atomically to ``state_file`` (default
+  ``<experiment dir>/epnas_tuner_state.pt``); on start an existing file is loaded, so ``nnictl
+  resume`` continues the search; trials that were running are proposed again.
+
+Constraints that no architecture can satisfy are rejected when the tuner starts (and by
+``python -m strategies.epnas_nni CONFIG.yml``, which checks a config before launching and prints
+the ``maxTrialNumber`` it implies: ``episodes * steps * branches``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import io
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from search_spaces.epnas import SpaceConfig, arch_to_json, check_constraints_feasible
+from search_spaces.errors import UserError, exit_on_error
+
+from .epnas import EpnasConfig, EpnasController, constraints_of
+from .search_baselines import BASELINES
+
+__all__ = ["EpnasTuner", "EpnasStrategy", "TunerSettings", "build_search", "max_trials", "check_class_args", "main"]
+
+_log = logging.getLogger(__name__)
+STATE_NAME = "epnas_tuner_state.pt"
+_SPACE_FIELDS = ("max_layers", "max_branches", "stem_channels", "cell_channels", "cells_per_stage", "stages",
+                 "min_spatial")
+_CONSTRAINT_FIELDS = ("params_min", "params_max", "flops_min", "flops_max", "intensity_min", "intensity_max")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TunerSettings:
+    """The tuner's ``classArgs`` (controller + space + what the trials need)."""
+
+    space: str = "layer"
+    algorithm: str = "epnas"
+    state_file: str = ""
+    input_shape: tuple[int, int, int] = (3, 32, 32)   # for the feasibility check (CIFAR-10)
+    num_classes: int = 10
+    population: int = 16                              # regularized evolution only
+    tournament: int = 4
+    controller: EpnasConfig = EpnasConfig()
+    space_config: SpaceConfig = SpaceConfig()
+
+    def __post_init__(self):
+        if self.algorithm not in ("epnas", *BASELINES):
+            raise UserError(f"unknown algorithm {self.algorithm!r}; valid: epnas, {', '.join(BASELINES)}")
+
+
+def check_class_args(args: Mapping[str, Any]) -> TunerSettings:
+    """``classArgs`` -> :class:`TunerSettings`; an unknown key is a one-line error naming it."""
+    ctl_fields = {f.name for f in dataclasses.fields(EpnasConfig)}
+    top = {"space", "algorithm", "state_file", "input_shape", "num_classes", "population", "tournament"}
+    valid = top | ctl_fields | set(_SPACE_FIELDS)
+    for key in args:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"unknown EPNAS tuner classArgs key '{key}'{hint}")
+    try:
+        ctl = EpnasConfig(**{k: v for k, v in args.items() if k in ctl_fields})
+        space = SpaceConfig(kind=args.get("space", "layer"), **{k: args[k] for k in _SPACE_FIELDS if k in args})
+        shape = tuple(int(v) for v in args.get("input_shape", (3, 32, 32)))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad EPNAS tuner classArgs: {exc}") from None
+    if len(shape) != 3:
+        raise UserError(f"input_shape must be [C, H, W], got {list(shape)}")
+    return TunerSettings(space=space.kind, algorithm=args.get("algorithm", "epnas"),
+                         state_file=str(args.get("state_file", "")), input_shape=shape,
+                         num_classes=int(args.get("num_classes", 10)), population=int(args.get("population", 16)),
+                         tournament=int(args.get("tournament", 4)), controller=ctl, space_config=space)
+
+
+def max_trials(settings: TunerSettings) -> int:
+    """``maxTrialNumber`` for the YAML: episodes x steps x branches."""
+    c = settings.controller
+    return c.episodes * c.steps_for(settings.space) * c.branches
+
+
+def build_search(settings: TunerSettings):
+    """The ask/tell search object for ``settings.algorithm`` (after the feasibility check)."""
+    check_constraints_feasible(constraints_of(settings.controller), settings.space_config, settings.input_shape,
+                               settings.num_classes)
+    if settings.algorithm == "epnas":
+        return EpnasController(settings.controller, settings.space_config)
+    if settings.algorithm == "evolution":
+        return BASELINES["evolution"](settings.controller, settings.space_config, population=settings.population,
+                                      sample=settings.tournament)
+    return BASELINES[settings.algorithm](settings.controller, settings.space_config)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    # strategies may not import experiments (DESIGN.md import direction), so runfolder's helper is mirrored here
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _default_state_file() -> Path:
+    log_dir = os.environ.get("NNI_LOG_DIRECTORY")  # <experiment dir>/log inside the tuner process
+    return (Path(log_dir).parent if log_dir else Path.cwd()) / STATE_NAME
+
+
+def _tuner_base():
+    from nni.tuner import Tuner
+
+    return Tuner
+
+
+class EpnasTuner(_tuner_base()):
+    """NNI customized tuner wrapping the EPNAS controller (or a baseline).  ``classArgs`` are
+    :class:`TunerSettings` keys, the :class:`strategies.epnas.EpnasConfig` fields and the space
+    fields (``max_layers`` ...)."""
+
+    def __init__(self, **class_args: Any):
+        # classArgs arrive as keyword arguments; check_class_args rejects unknown ones by name
+        self.settings = check_class_args(class_args)
+        self.state_file = Path(self.settings.state_file) if self.settings.state_file else _default_state_file()
+        self.param_keys: dict[int, str] = {}
+        self.owed = 0                 # trials NNI asked for while no branch was idle
+        self._st_callback = None
+        self._ready: list[tuple[str, dict, dict]] = []
+        self._search = None
+        if os.environ.get("NNI_LOG_DIRECTORY") is None:
+            _ = self.search  # outside nnictl: check constraints / load state right away
+
+    @property
+    def search(self):
+        """The controller, built (feasibility check, saved state loaded) on first use: inside
+        nnictl the tuner must connect to the manager within 10 s of starting, so __init__ stays
+        light and an unsatisfiable constraint fails the first trial request (dispatcher.log)."""
+        if self._search is None:
+            self._search = build_search(self.settings)
+            if self.state_file.exists():
+                self._load()
+        return self._search
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            blob = torch.load(self.state_file, weights_only=True)
+            self.search.load_state_dict(blob["search"])
+            self.param_keys = {int(k): v for k, v in blob["param_keys"].items()}
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"could not resume from {self.state_file} ({type(exc).__name__}: {exc}); starting fresh",
+                          RuntimeWarning, stacklevel=2)
+            return
+        _log.info("EPNAS tuner resumed from %s (%d trials known)", self.state_file, len(self.search.records))
+
+    def save(self) -> None:
+        _atomic_save({"version": 1, "algorithm": self.settings.algorithm, "search": self.search.state_dict(),
+                      "param_keys": dict(self.param_keys)}, self.state_file)
+
+    # ---- NNI callbacks ---------------------------------------------------------------------
+
+    def update_search_space(self, search_space) -> None:
+        pass  # the space is defined by classArgs; searchSpace in the YAML may be empty
+
+    def _parameters(self, key: str, arch: dict, meta: dict) -> dict[str, Any]:
+        s = self.settings
+        params: dict[str, Any] = {"arch": arch_to_json(arch), "space": s.space, **meta}
+        params.update({k: getattr(s.space_config, k) for k in _SPACE_FIELDS})
+        params.update({k: v for k in _CONSTRAINT_FIELDS if (v := getattr(s.controller, k)) is not None})
+        params["base_penalty"] = s.controller.base_penalty
+        return params
+
+    def _next(self, parameter_id: int) -> dict[str, Any] | None:
+        if not self._ready:
+            self._ready = self.search.propose()
+        if not self._ready:
+            return None
+        key, arch, meta = self._ready.pop(0)
+        self.param_keys[int(parameter_id)] = key
+        return self._parameters(key, arch, meta)
+
+    def generate_parameters(self, parameter_id, **kwargs):
+        from nni import NoMoreTrialError
+
+        params = self._next(parameter_id)
+        self.save()
+        if params is None:
+            raise NoMoreTrialError("no EPNAS branch is idle")
+        return params
+
+    def generate_multiple_parameters(self, parameter_id_list, **kwargs):
+        self._st_callback = kwargs.get("st_callback") or self._st_callback
+        out = []
+        for pid in parameter_id_list:
+            params = self._next(pid)
+            if params is None:
+                self.owed += len(parameter_id_list) - len(out)
+                break
+            out.append(params)
+        self.save()
+        return out
+
+    def _pay_owed(self) -> None:
+        """Submit trials NNI asked for earlier but that had to wait for results."""
+        if not self.owed or self._st_callback is None:
+            return
+        from nni.runtime.msg_dispatcher import _create_parameter_id
+
+        while self.owed:
+            if not self._ready:
+                self._ready = self.search.propose()
+            if not self._ready:
+                break
+            pid = _create_parameter_id()
+            params = self._next(pid)
+            self.owed -= 1
+            self._st_callback(pid, params)
+
+    def _key_of(self, parameter_id, parameters: Mapping[str, Any] | None) -> str | None:
+        if parameters and isinstance(parameters.get("trial"), int) and parameters["trial"] >= 0:
+            return f"t{parameters['trial']:05d}"
+        return self.param_keys.get(int(parameter_id)) if parameter_id is not None else None
+
+    def receive_trial_result(self, parameter_id, parameters, value, **kwargs) -> None:
+        key = self._key_of(parameter_id, parameters)
+        metrics = dict(value) if isinstance(value, Mapping) else {"default": value}
+        reward = metrics.get("default")
+        if key is None or not self.search.tell(key, None if reward is None else float(reward), metrics):
+            _log.warning("ignoring result for unknown or already-told trial %s (parameter %s)", key, parameter_id)
+        self._pay_owed()
+        self.save()
+
+    def trial_end(self, parameter_id, success, **kwargs) -> None:
+        key = self.param_keys.get(int(parameter_id)) if parameter_id is not None else None
+        # A trial reports its final metric before its process exits, so a trial that ends without
+        # one (failed, killed, or exited without reporting) is a failure; without this its branch
+        # would wait forever.  A result that still arrives later is ignored.
+        if key is not None and self.search.tell(key, None):
+            _log.warning("trial %s (parameter %s) ended (%s) without a result: told as failure_reward",
+                         key, parameter_id, "succeeded" if success else "failed")
+        self._pay_owed()
+        self.save()
+
+    def import_data(self, data) -> None:
+        for entry in data or []:
+            params, value = entry.get("parameter") or {}, entry.get("value")
+            key = self._key_of(None, params)
+            reward = value.get("default") if isinstance(value, Mapping) else value
+            if key is not None and reward is not None:
+                self.search.tell(key, float(reward), value if isinstance(value, Mapping) else None)
+        self.save()
+
+
+# ------------------------------------------------------------------------------------- NasExperiment
+
+
+def _make_strategy_class():
+    from nni.nas.strategy.base import Strategy
+
+    class EpnasStrategy(Strategy):
+        """The same controller as a multi-trial ``Strategy`` for NNI's ``NasExperiment``.
+
+        The model space must be :class:`search_spaces.epnas.EpnasSpace` with the same space settings
+        (architectures are handed to the engine as ``space.freeze(arch_to_sample(arch))``); the
+        evaluator reports the reward as the final metric (multi-trial strategies see only ``default``).
+        Takes the tuner's ``classArgs``.  Models whose training ends without a metric are failures.
+        """
+
+        def __init__(self, **class_args: Any):
+            super().__init__()
+            self.settings = check_class_args(class_args)
+            self.search = build_search(self.settings)
+            self._running: dict[int, str] = {}
+
+        def _initialize(self, model_space, engine):
+            from nni.nas.execution.event import ModelEventType
+
+            engine.register_model_event_callback(ModelEventType.TrainingEnd, self._training_end)
+            return model_space
+
+        def _cleanup(self) -> None:
+            from nni.nas.execution.event import ModelEventType
+
+            self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._training_end)
+
+        def _training_end(self, event) -> None:
+            key = self._running.pop(id(event.model), None)
+            if key is not None:
+                metric = event.model.metric
+                self.search.tell(key, None if metric is None else float(metric))
+
+        def _run(self) -> None:
+            from search_spaces.epnas import arch_to_sample
+
+            while not self.search.finished:
+                proposals = self.search.propose()
+                if not proposals:
+                    if not self._running:
+                        return
+                    self.engine.wait_models()
+                    continue
+                for key, arch, _meta in proposals:
+                    if not self.wait_for_resource():
+                        return
+                    model = self.model_space.freeze(arch_to_sample(arch, self.settings.space_config))
+                    self._running[id(model)] = key
+                    self.engine.submit_models(model)
+            self.engine.wait_models()
+
+        def state_dict(self) -> dict:
+            return {"search": self.search.state_dict()}
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            if state_dict.get("search"):
+                self.search.load_state_dict(state_dict["search"])
+
+    EpnasStrategy.__module__ = __name__
+    return EpnasStrategy
+
+
+_lazy: dict[str, type] = {}
+
+
+def __getattr__(name: str):
+    # NNI's strategy module imports pytorch-lightning (seconds): created on first access so the
+    # tuner process stays quick to start (see EpnasTuner.search)
+    if name == "EpnasStrategy":
+        if name not in _lazy:
+            _lazy[name] = _make_strategy_class()
+        return _lazy[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def _main(argv: list[str]) -> int:
+    import yaml
+
+    if len(argv) != 1:
+        raise UserError("usage: python -m strategies.epnas_nni CONFIG.yml")
+    path = Path(argv[0])
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    tuner = config.get("tuner") or {}
+    if tuner.get("className") != "strategies.epnas_nni.EpnasTuner":
+        raise UserError(f"{path}: tuner.className must be strategies.epnas_nni.EpnasTuner")
+    settings = check_class_args(tuner.get("classArgs") or {})
+    check_constraints_feasible(constraints_of(settings.controller), settings.space_config, settings.input_shape,
+                               settings.num_classes)
+    n = max_trials(settings)
+    if config.get("maxTrialNumber") not in (None, n):
+        raise UserError(f"{path}: maxTrialNumber {config['maxTrialNumber']} != episodes x steps x branches = {n}")
+    if config.get("trialConcurrency") not in (None, settings.controller.branches):
+        raise UserError(f"{path}: trialConcurrency should equal branches = {settings.controller.branches}")
+    print(f"ok: {settings.algorithm} over the {settings.space} space, maxTrialNumber {n}, "
+          f"trialConcurrency {settings.controller.branches}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_on_error(_main, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
