@@ -11,7 +11,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 help:
 	@echo "make demo   - set up .venv and run the ProxylessNAS scope study on embedded data under nnictl"
 	@echo "make test   - set up .venv and run the fast test suite"
-	@echo "make bench  - run the benchmarks in bench/ (ratios printed, JSON + PNG in bench/out/)"
+	@echo "make bench  - the ProxylessNAS memory/time benchmark (others: python -m bench.<name>; JSON + PNG in bench/out/)"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup
-	$(PY) bench/proxyless_memory.py
+	$(PY) -m bench.proxyless_memory
 
 clean:
 	rm -rf runs bench/out .pytest_cache
