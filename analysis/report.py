@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from . import epnas, growth, proxyless
+from . import epnas, growth, proxyless, scann
 from .io import AnalysisError, Run, is_run_dir, load_run, load_runs
 from .output import Output, format_table, save_csv, save_figure
 from .plots import plot_curves
@@ -66,6 +66,7 @@ def _file_reports(method: str, run_fn=None, study_fn=None) -> None:
 
 _file_reports("growth", growth.report_run, growth.report_study)
 _file_reports("epnas", None, epnas.report_study)
+_file_reports("scann", None, scann.report)
 
 
 # ---- generic ------------------------------------------------------------------------------

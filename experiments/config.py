@@ -42,6 +42,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # ``--hidden 64`` is a one-element list
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{name}: expected a list, got {value!r}")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:

@@ -33,7 +33,7 @@ def get_method(name: str) -> Method:
 
 
 def _register_builtin() -> None:
-    from . import epnas, growth, proxyless
+    from . import epnas, growth, proxyless, scann
 
     register(Method("proxyless", proxyless.ProxylessTrialConfig, proxyless.run,
                     "customized ProxylessNAS over a ResNet-50 search scope (+ retrain)"))
@@ -41,6 +41,8 @@ def _register_builtin() -> None:
                     "continuation growth by structured continuous sparsification (+ fine-tune)"))
     register(Method("epnas", epnas.EpnasTrialConfig, epnas.run,
                     "EPNAS: one proxy-trained morphed network per trial (the tuner is the controller)"))
+    register(Method("scann", scann.ScannTrialConfig, scann.run,
+                    "SCANN / DR+SCANN grow-and-prune synthesis of feed-forward networks"))
 
 
 _register_builtin()

@@ -1,0 +1,248 @@
+"""Benchmark: compression ratio of SCANN and DR+SCANN against the fully connected baseline.
+
+Run ``python -m bench.scann_compression`` from the repository root (``--help`` for the flags).
+Paper: ``../shared/seeds/002_d08e71b4be716ba4.txt`` (Tables III and VII).  One run per data set
+and method, side by side:
+
+* ``digits`` (scikit-learn's 8x8 digits as 64 tabular features, ``digits_flat``) and
+  ``breast_cancer``: the baseline is the best-validation MLP of the trial's grid; **SCANN**
+  synthesises from the original features; **DR+SCANN** first runs Algorithm 1 (``--dr-methods``
+  x ``--dr-ratios``, each DR model = the baseline with every layer shrunk by the ratio), then
+  SCANN on the reduced data, seeded from the chosen DR model.
+* ``mnist5k`` (embedded 5,000-image MNIST) with LeNet-5 (Caffe): SCANN synthesises the fully
+  connected part on the fixed convolutional features; the ratio is that of the fully connected
+  part (the part SCANN changes; the whole network's ratio is printed too).  DR+SCANN is not run
+  on images: the paper applies DR to non-image data only (Sec. 3.1).
+
+Every run uses Scheme ``--scheme`` and prunes "iteratively to the final size" with a decreasing
+keep schedule, so one run visits a range of sizes; the reported network is the run's **most
+compressed checkpoint whose validation accuracy is within ``--tolerance`` (0.5 points) of the
+baseline's** (the paper's "M.C." network, chosen on validation data).  Its test accuracy is then
+compared with the baseline's: the target is a compression ratio >= 10 with test accuracy at most
+0.5 points below the baseline.  For reference the JSON also holds, per run, the ratio one would
+report if the choice were made on the *test* split ("test-selected", as a paper table can); it is
+not used for the targets.  Note the resolution of the held-out splits: one test sample is 0.88
+points on breast_cancer (114 samples) and 0.28 on digits (360), so "within 0.5 points" is within
+the noise of a single split; ``--seeds`` repeats everything on other splits.
+
+Writes ``bench/out/scann_compression.json`` and ``.png`` and the run folders under
+``bench/out/scann_runs/`` (``python -m analysis bench/out/scann_runs`` makes the paper's tables).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGET_RATIO = 10.0
+TARGET_DROP = 0.005  # accuracy within 0.5 points
+DATASETS = {"digits": "digits_flat", "breast_cancer": "breast_cancer", "mnist5k": "mnist5k"}
+TABULAR_KEEP = (0.4, 0.25, 0.15, 0.1, 0.06, 0.04, 0.025, 0.015)   # of the seed's allowed connections
+DR_KEEP = (0.8, 0.6, 0.4, 0.25, 0.15, 0.1, 0.06, 0.04)           # the DR model is already small
+IMAGE_KEEP = (0.1, 0.06, 0.04, 0.03, 0.023, 0.015, 0.01, 0.007)   # Scheme C on MNIST: 2.3% (Sec. 4.1)
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.scann_compression", description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default="digits,breast_cancer,mnist5k", help="comma list of: " + ", ".join(DATASETS))
+    p.add_argument("--scheme", default="C", choices=["A", "B", "C"])
+    p.add_argument("--seeds", type=int, default=1, help="repeat on this many seeds (data splits)")
+    p.add_argument("--iterations", type=int, default=8, help="SCANN iterations (keep schedule length)")
+    p.add_argument("--epochs-per-op", type=int, default=20, help="training epochs after each operation (tabular)")
+    p.add_argument("--image-epochs-per-op", type=int, default=1, help="training epochs after each operation (mnist5k)")
+    p.add_argument("--baseline-epochs", type=int, default=100)
+    p.add_argument("--conv-epochs", type=int, default=8, help="LeNet-5 training epochs")
+    p.add_argument("--dr-methods", default="pca,fa,ica,rp_gaussian",
+                   help="Algorithm 1's methods ('all': every inductive method)")
+    p.add_argument("--dr-ratios", default="0.5,0.25")
+    p.add_argument("--tolerance", type=float, default=TARGET_DROP, help="validation tolerance of the M.C. choice")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    p.add_argument("--resume", action="store_true",
+                   help="keep earlier run folders (finished runs are reused, interrupted ones resume); "
+                        "default: start clean, so results always come from the current code")
+    return p.parse_args(argv)
+
+
+def _schedule(keep: tuple[float, ...], iterations: int) -> list[float]:
+    return list(keep[: iterations + 1]) if iterations + 1 <= len(keep) else list(keep)
+
+
+def _trial(method_cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from experiments.config import build_config
+    from experiments.harness import execute
+    from experiments.methods.scann import ScannTrialConfig, run
+
+    cfg = build_config(ScannTrialConfig, method_cfg)
+    return execute("scann", cfg, run, run_dir)
+
+
+def _test_selected(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The most compressed iteration whose *test* accuracy is within 0.5 points (reference only)."""
+    st = pd.read_csv(run_dir / "structure.csv")
+    base = summary["baseline_test_acc"]
+    conv = summary["baseline_params"] - summary.get("baseline_fc_params", summary["baseline_params"]) \
+        if summary.get("mode") == "image" else 0
+    ok = st[st["test_acc"] >= base - TARGET_DROP - 1e-12]
+    if ok.empty:
+        return {"ratio": None, "params": None, "test_acc": None}
+    row = ok.sort_values("params").iloc[0]
+    base_p = summary["baseline_params"] - conv
+    return {"ratio": base_p / max(1, row["params"] - conv), "params": int(row["params"] - conv),
+            "test_acc": float(row["test_acc"]), "iteration": int(row["iteration"])}
+
+
+def run_dataset(name: str, seed: int, args, out: Path) -> list[dict[str, Any]]:
+    ds = DATASETS[name]
+    common = dict(dataset=ds, seed=seed, scheme=args.scheme, select="most_compressed", tolerance=args.tolerance,
+                  iterations=args.iterations, threads=args.threads, device="cpu", progress=False)
+    results = []
+    if ds == "mnist5k":
+        plan = [("SCANN", dict(conv_epochs=args.conv_epochs, epochs_per_op=args.image_epochs_per_op,
+                               prune_keep_schedule=_schedule(IMAGE_KEEP, args.iterations)))]
+    else:
+        plan = [("SCANN", dict(baseline_epochs=args.baseline_epochs, epochs_per_op=args.epochs_per_op,
+                               prune_keep_schedule=_schedule(TABULAR_KEEP, args.iterations)))]
+        methods = "" if args.dr_methods == "all" else args.dr_methods
+        plan.append(("DR+SCANN", dict(baseline_epochs=args.baseline_epochs, epochs_per_op=args.epochs_per_op,
+                                      dr_method="search", dr_methods=[m for m in methods.split(",") if m],
+                                      dr_ratios=[float(r) for r in args.dr_ratios.split(",")],
+                                      prune_keep_schedule=_schedule(DR_KEEP, args.iterations))))
+    baseline_hidden = None
+    for method, extra in plan:
+        cfg = {**common, **extra}
+        if baseline_hidden is not None:  # same seed and grid winner: the same baseline, trained once more
+            cfg["baseline_hidden"] = baseline_hidden
+        run_dir = out / "scann_runs" / f"{name}_{method.replace('+', '_').lower()}_seed{seed}"
+        t0 = time.time()
+        s = _trial(cfg, run_dir)
+        if method == "SCANN" and ds != "mnist5k":
+            baseline_hidden = json.loads((run_dir / "arch.json").read_text())["baseline_hidden"]
+        image = s.get("mode") == "image"
+        base_params = s["baseline_fc_params"] if image else s["baseline_params"]
+        params = s["fc_params"] if image else s["params"]
+        drop = s["baseline_test_acc"] - s["test_acc"]
+        ratio = base_params / max(1, params)
+        results.append({
+            "dataset": name, "method": method, "seed": seed, "run_dir": str(run_dir.relative_to(out)),
+            "baseline_params": base_params, "baseline_test_acc": s["baseline_test_acc"],
+            "baseline_val_acc": s["baseline_val_acc"], "params": params, "connections": s["connections"],
+            "test_acc": s["test_acc"], "val_acc": s["val_acc"], "ratio": ratio, "acc_drop_points": 100 * drop,
+            "whole_network_ratio": s["total_compression_ratio"], "flops": s["flops"],
+            "baseline_flops": s["baseline_flops"], "depth": s["depth"], "neurons": s["neurons"],
+            "met_on_validation": bool(s["mc_met"]), "dr_method": s["dr_method"], "dr_ratio": s["dr_ratio"],
+            "target_ratio_met": ratio >= TARGET_RATIO, "target_accuracy_met": drop <= TARGET_DROP + 1e-9,
+            "test_selected": _test_selected(run_dir, {**s, "baseline_fc_params": s.get("baseline_fc_params")}),
+            "seconds": time.time() - t0,
+        })
+        r = results[-1]
+        print(f"  {name:14s} {method:9s} seed {seed}: {params:>7d} params ({ratio:5.1f}x), test "
+              f"{100 * s['test_acc']:.2f} vs {100 * s['baseline_test_acc']:.2f} ({-r['acc_drop_points']:+.2f} pt)"
+              f"{'  DR ' + s['dr_method'] + '@' + str(s['dr_ratio']) if method == 'DR+SCANN' else ''}"
+              f"  [{r['seconds']:.0f} s]", flush=True)
+    return results
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    df = pd.DataFrame(rows)
+    g = df.groupby(["dataset", "method"], sort=False).agg(ratio=("ratio", "mean"), drop=("acc_drop_points", "mean"),
+                                                          params=("params", "mean")).reset_index()
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    ax = fig.subplots()
+    labels = [f"{d}\n{m}" for d, m in zip(g["dataset"], g["method"])]
+    colors = ["tab:blue" if m == "SCANN" else "tab:green" for m in g["method"]]
+    bars = ax.bar(range(len(g)), g["ratio"], color=colors)
+    ax.axhline(TARGET_RATIO, color="red", ls="--", lw=1, label=f"target {TARGET_RATIO:.0f}x")
+    for b, (_, r) in zip(bars, g.iterrows()):
+        ok = r["ratio"] >= TARGET_RATIO and r["drop"] <= 100 * TARGET_DROP + 1e-9
+        ax.annotate(f"{r['ratio']:.1f}x\n{-r['drop']:+.2f} pt\n{'met' if ok else 'missed'}",
+                    (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(g)), labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("compression ratio vs FC baseline (params, log)")
+    ax.set_title("SCANN / DR+SCANN: most compressed network within 0.5 pt (validation), test accuracy change")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    ax.set_ylim(top=max(TARGET_RATIO, g["ratio"].max()) * 4)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.datasets.split(",") if n]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        print(f"error: unknown data set {unknown[0]!r}; valid: {', '.join(DATASETS)}", file=sys.stderr)
+        return 2
+    if not args.resume:
+        import shutil
+
+        shutil.rmtree(out / "scann_runs", ignore_errors=True)
+    t0 = time.time()
+    load0 = os.getloadavg()[0]
+    rows: list[dict[str, Any]] = []
+    print(f"SCANN compression benchmark: scheme {args.scheme}, {args.iterations} iterations, seeds {args.seeds}, "
+          f"targets >= {TARGET_RATIO:.0f}x at <= {100 * TARGET_DROP:.1f} pt accuracy drop")
+    for seed in range(args.seeds):
+        for name in names:
+            rows.extend(run_dataset(name, seed, args, out))
+    df = pd.DataFrame(rows)
+    summary = (df.groupby(["dataset", "method"], sort=False)
+                 .agg(baseline_params=("baseline_params", "mean"), params=("params", "mean"), ratio=("ratio", "mean"),
+                      baseline_test=("baseline_test_acc", "mean"), test=("test_acc", "mean"),
+                      drop_pt=("acc_drop_points", "mean"), seconds=("seconds", "sum")).reset_index())
+    summary["target_met"] = (summary["ratio"] >= TARGET_RATIO) & (summary["drop_pt"] <= 100 * TARGET_DROP + 1e-9)
+    test_sel = df.assign(ts=[r["ratio"] if r["ratio"] is not None else float("nan") for r in df["test_selected"]])
+    summary["test_selected_ratio"] = test_sel.groupby(["dataset", "method"], sort=False)["ts"].mean().values
+    print()
+    print("dataset         method     baseline params  params   ratio  test (baseline)    drop pt  target (>=10x, "
+          "<=0.5 pt)  | test-selected ratio (reference only)")
+    for _, r in summary.iterrows():
+        ts = "-" if math.isnan(r["test_selected_ratio"]) else f"{r['test_selected_ratio']:.1f}x"
+        print(f"{r['dataset']:15s} {r['method']:9s} {r['baseline_params']:>15.0f} {r['params']:>7.0f} {r['ratio']:6.1f}x "
+              f"{100 * r['test']:6.2f} ({100 * r['baseline_test']:6.2f}) {r['drop_pt']:+8.2f}  "
+              f"{'met' if r['target_met'] else 'MISSED':24s}  | {ts}")
+    elapsed = time.time() - t0
+    result = {
+        "benchmark": "scann_compression",
+        "targets": {"ratio": TARGET_RATIO, "max_accuracy_drop_points": 100 * TARGET_DROP},
+        "settings": {k: v for k, v in vars(args).items()},
+        "runs": rows,
+        "summary": summary.to_dict(orient="records"),
+        "all_targets_met": bool(summary["target_met"].all()),
+        "seconds": elapsed,
+        "load_average_1min": {"start": load0, "end": os.getloadavg()[0]},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads},
+    }
+    (out / "scann_compression.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    _plot(rows, out / "scann_compression.png")
+    print(f"\n{elapsed:.0f} s; wrote {out / 'scann_compression.json'} and {out / 'scann_compression.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,487 @@
+"""Trial runner for SCANN and DR+SCANN (one trial = baseline + optional DR + one synthesis).
+
+Paper: ``../shared/seeds/002_d08e71b4be716ba4.txt``.  Tabular data (Sec. 4.2): range-normalise
+(fit on the training split), train the fully connected baseline (the best-validation MLP of
+:data:`BASELINE_GRID`, or ``baseline_hidden``), optionally reduce the features (``dr_method``: one
+method at ``dr_ratio``, or ``search`` = Algorithm 1 over ``dr_methods`` x ``dr_ratios``) and train
+the DR model (every hidden layer shrunk by the ratio), then run SCANN (Algorithm 2) on the
+(reduced) data.  Image data (Sec. 4.1; ``mnist5k`` embedded or ``mnist`` from ``data_dir``):
+train LeNet-5 (Caffe) with SGD lr 0.03 / momentum 0.9 / wd 1e-4, freeze its convolutional part
+as a feature extractor and synthesise the fully connected part with SCANN.
+
+Run folder: ``metrics.csv`` (phase ``baseline`` / ``dr`` rows, then one ``scann`` row per
+iteration, reported to NNI), ``structure.csv`` (architecture state per iteration: neurons,
+connections, depth, skip connections, active inputs, group sizes, operations), ``dr.csv``
+(Algorithm 1's records), ``arch.json`` (the exported network: structure and every connection,
+plus how inputs are preprocessed), ``model.pt`` (state_dict of the pruned dense-per-layer model;
+image mode: extractor + pruned FC), ``masked.pt`` (weights + masks), ``preprocess.pkl`` (fitted
+normaliser/DR transform, tabular), ``summary.json``.
+
+Counting: ``params`` are connections + biases of the live structure, ``flops`` 2 x connections
+per sample (+ the convolutions in image mode), both by ``search_spaces.cost`` on the exactly
+sparse model.  ``compression_ratio`` = baseline params / params; in image mode it is computed on
+the fully connected part, the part SCANN synthesises (``total_compression_ratio`` is the whole
+network's).  Without DR the ``dr_*`` figures are those of the baseline (the DR model at ratio 1)
+and ``dr_ratio`` is 1, so every trial reports the same keys.
+"""
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from search_spaces import cost as costmodel
+from search_spaces.errors import UserError
+from search_spaces.feedforward import FeedForwardNet
+from strategies.dimred import (
+    DR_METHODS,
+    INDUCTIVE_METHODS,
+    DREval,
+    RangeNormalizer,
+    check_ratio,
+    dr_search,
+    reduce_dataset,
+    shrink_hidden,
+)
+from strategies.scann import (
+    IMAGE_TRAINING,
+    SCHEMES,
+    TABULAR_TRAINING,
+    ImageScannModel,
+    LeNet5,
+    ScannConfig,
+    ScannSynthesis,
+    TensorData,
+    export_network,
+    extract_features,
+    network_cost,
+    seed_network,
+    train_image_model,
+    train_mlp,
+)
+
+from ..data import TABULAR_DATASETS, load_tabular_dataset, make_loaders
+from ..harness import CommonConfig, RunContext, load_images, resolve_device, rng_state, set_rng_state
+from ..runfolder import atomic_torch_save, atomic_write_bytes
+
+__all__ = ["ScannTrialConfig", "run", "BASELINE_GRID", "IMAGE_DATASETS_SCANN"]
+
+#: Hidden layers of the candidate MLP baselines (tabular); the best on validation is the baseline
+#: ("the best MLP baseline found with the help of the validation set", Sec. 4.2).
+BASELINE_GRID: tuple[tuple[int, ...], ...] = ((32,), (64,), (128,), (64, 32), (128, 64))
+IMAGE_DATASETS_SCANN = ("mnist5k", "mnist")
+LENET_FC = 500  # LeNet-5 (Caffe) hidden FC layer
+SELECTS = ("best_val", "most_compressed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScannTrialConfig(CommonConfig):
+    """Flat trial config: data (CommonConfig + tabular keys), DR, baseline, SCANN settings.
+
+    SCANN settings left at ``None`` take the scheme's paper defaults
+    (:data:`strategies.scann.SCHEME_PRESETS`); training settings left at ``None`` take Adam
+    (tabular, Sec. 4.2) or SGD 0.03/0.9/1e-4 (image, Sec. 4.1).
+    """
+
+    dataset: str = "breast_cancer"
+    csv: str | None = None
+    label: str | None = None
+    test_fraction: float = 0.2
+    augment: bool = False
+    # DR (tabular only)
+    dr_method: str = "none"
+    dr_ratio: float = 0.5
+    dr_methods: tuple[str, ...] = ()
+    dr_ratios: tuple[float, ...] = (0.75, 0.5, 0.25)
+    allow_transductive: bool = False
+    # baseline
+    baseline_hidden: tuple[int, ...] = ()
+    baseline_epochs: int = 100
+    conv_epochs: int = 8
+    # SCANN
+    scheme: str = "C"
+    groups: int = 3
+    initial_neurons: int | None = None
+    max_neurons: int | None = None
+    initial_prune: float | None = None
+    grow_to: float | None = None
+    growth_threshold: float | None = None
+    neuron_growth: int | None = None
+    prune_fraction: float | None = None
+    prune_keep: float | None = None
+    prune_keep_schedule: tuple[float, ...] = ()
+    iterations: int = 10
+    initial_epochs: int | None = None
+    epochs_per_op: int | None = None
+    noise: float = 0.1
+    growth_batch: int = 2048
+    checkpoint_epochs: bool = True
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    select: str = "best_val"
+    tolerance: float = 0.005
+
+    def __post_init__(self):
+        super().__post_init__()
+        valid = TABULAR_DATASETS + IMAGE_DATASETS_SCANN
+        if self.dataset not in valid:
+            hint = " (the tabular 8x8 digits are 'digits_flat')" if self.dataset == "digits" else ""
+            raise UserError(f"SCANN data set {self.dataset!r} is not supported{hint}; valid: {', '.join(valid)}")
+        check_ratio(self.dr_ratio, "dr_ratio")
+        for r in self.dr_ratios:
+            check_ratio(r, "dr_ratios")
+        if not self.dr_ratios:
+            raise UserError("dr_ratios needs at least one ratio")
+        if self.dr_method not in ("none", "search") and self.dr_method not in DR_METHODS:
+            raise UserError(f"unknown dr_method {self.dr_method!r}; valid: none, search, {', '.join(DR_METHODS)}")
+        for m in self.dr_methods:
+            if m not in DR_METHODS:
+                raise UserError(f"unknown DR method {m!r} in dr_methods; valid: {', '.join(DR_METHODS)}")
+        wanted = list(self.dr_methods) if self.dr_method == "search" else [self.dr_method]
+        for m in wanted:
+            if m in DR_METHODS and DR_METHODS[m].transductive and not self.allow_transductive:
+                raise UserError(f"DR method {m!r} cannot transform held-out data (it is transductive); "
+                                "set allow_transductive=true to embed train, validation and test data together")
+        if self.image_mode and self.dr_method != "none":
+            raise UserError(f"dr_method applies to tabular data sets only (Sec. 3.1), not {self.dataset!r}")
+        if not self.image_mode and self.limit is not None:
+            raise UserError("limit applies to image data sets only")
+        if not 0 < self.test_fraction < 1:
+            raise UserError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if any(h < 1 for h in self.baseline_hidden):
+            raise UserError(f"baseline_hidden sizes must be >= 1, got {self.baseline_hidden}")
+        if self.baseline_epochs < 1 or self.conv_epochs < 1:
+            raise UserError("baseline_epochs and conv_epochs must be >= 1")
+        if self.scheme not in SCHEMES:
+            raise UserError(f"unknown scheme {self.scheme!r}; valid: {', '.join(SCHEMES)}")
+        if self.select not in SELECTS:
+            raise UserError(f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
+        if self.tolerance < 0:
+            raise UserError(f"tolerance must be >= 0, got {self.tolerance}")
+        self.scann_config(100)  # range-check the SCANN settings now, not after the baseline
+
+    @property
+    def image_mode(self) -> bool:
+        return self.dataset in IMAGE_DATASETS_SCANN
+
+    def training(self) -> dict[str, Any]:
+        base = dict(IMAGE_TRAINING if self.image_mode else TABULAR_TRAINING)
+        for k in ("optimizer", "lr", "momentum", "weight_decay"):
+            if getattr(self, k) is not None:
+                base[k] = getattr(self, k)
+        return base
+
+    def scann_config(self, baseline_neurons: int) -> ScannConfig:
+        default_ops = 1 if self.image_mode else 10
+        epochs_per_op = self.epochs_per_op if self.epochs_per_op is not None else default_ops
+        if self.initial_epochs is not None:
+            initial = self.initial_epochs
+        else:  # C starts from the trained baseline; A and B from a fresh seed
+            initial = 0 if self.scheme == "C" else 2 * epochs_per_op
+        return ScannConfig.for_scheme(
+            self.scheme, baseline_neurons=baseline_neurons, groups=self.groups,
+            initial_neurons=self.initial_neurons, max_neurons=self.max_neurons, initial_prune=self.initial_prune,
+            grow_to=self.grow_to, growth_threshold=self.growth_threshold, neuron_growth=self.neuron_growth,
+            prune_fraction=self.prune_fraction, prune_keep=self.prune_keep,
+            prune_keep_schedule=self.prune_keep_schedule or None, iterations=self.iterations,
+            initial_epochs=initial, epochs_per_op=epochs_per_op, noise=self.noise, growth_batch=self.growth_batch,
+            checkpoint_epochs=self.checkpoint_epochs, batch_size=self.batch_size, **self.training())
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def _mlp_row(phase: str, epoch: int, fig: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    keys = ("val_acc", "val_loss", "test_acc", "test_loss", "params", "flops", "connections", "neurons")
+    return {"phase": phase, "epoch": epoch, **{k: fig.get(k) for k in keys}, **extra}
+
+
+def _train_kwargs(cfg: ScannTrialConfig) -> dict[str, Any]:
+    return dict(batch_size=cfg.batch_size, seed=cfg.seed, **cfg.training())
+
+
+def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.device) -> dict[str, Any]:
+    splits = load_tabular_dataset(cfg.dataset, csv=cfg.csv, label=cfg.label, val_fraction=cfg.val_fraction,
+                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
+    norm = RangeNormalizer().fit(splits.X_train)
+    full = TensorData.from_arrays(norm.transform(splits.X_train), splits.y_train, norm.transform(splits.X_val),
+                                  splits.y_val, norm.transform(splits.X_test), splits.y_test, device=device)
+    full_classes = splits.num_classes
+
+    # ---- baseline: the best-validation MLP (ties: fewer parameters) ----
+    grid = (cfg.baseline_hidden,) if cfg.baseline_hidden else BASELINE_GRID
+    best = None
+    for i, hidden in enumerate(grid):
+        net, fig = train_mlp(hidden, full, epochs=cfg.baseline_epochs, **_train_kwargs(cfg))
+        ctx.run.append("metrics", _mlp_row("baseline", i, fig, hidden=_fmt_hidden(hidden)))
+        if best is None or (fig["val_acc"], -fig["params"]) > (best[2]["val_acc"], -best[2]["params"]):
+            best = (hidden, net, fig)
+    hidden, base_net, base_fig = best
+    baseline = {**base_fig, "hidden": list(hidden)}
+
+    prep: dict[str, Any] = {"mode": "tabular", "num_classes": full_classes, "baseline": baseline,
+                            "preprocess": {"kind": "range", "min": norm.min_.tolist(), "range": norm.range_.tolist()},
+                            "preprocess_objects": {"normalizer": norm}}
+    if cfg.dr_method == "none":
+        prep.update(data=full, feature_names=list(splits.feature_names), seed_net=base_net.snapshot(),
+                    seed_neurons=sum(hidden), dr=None)
+        return prep
+
+    # ---- DR: one method at one ratio, or Algorithm 1 ----
+    def evaluate(reduced) -> DREval:
+        data = TensorData.from_arrays(reduced.X_train, splits.y_train, reduced.X_val, splits.y_val,
+                                      reduced.X_test, splits.y_test, device=device)
+        shrunk = shrink_hidden(hidden, reduced.ratio)
+        net, fig = train_mlp(shrunk, data, epochs=cfg.baseline_epochs, **_train_kwargs(cfg))
+        return DREval(val_acc=fig["val_acc"], test_acc=fig.get("test_acc"), payload=(net, fig, shrunk, data))
+
+    if cfg.dr_method == "search":
+        methods = list(cfg.dr_methods) or list(INDUCTIVE_METHODS)
+        result = dr_search(splits.X_train, splits.X_val, splits.X_test, evaluate=evaluate, methods=methods,
+                           ratios=cfg.dr_ratios, seed=cfg.seed, allow_transductive=cfg.allow_transductive,
+                           reference_acc=baseline["val_acc"], blas_threads=cfg.threads or 1,
+                           on_record=lambda c: ctx.run.append("dr", c.as_row()))
+        reduced, (dr_net, dr_fig, shrunk, data) = result.data, result.payload
+    else:
+        reduced = reduce_dataset(splits.X_train, splits.X_val, splits.X_test, method=cfg.dr_method,
+                                 ratio=cfg.dr_ratio, seed=cfg.seed, allow_transductive=cfg.allow_transductive,
+                                 blas_threads=cfg.threads or 1)
+        ev = evaluate(reduced)
+        dr_net, dr_fig, shrunk, data = ev.payload
+        ctx.run.append("dr", {"dr_method": reduced.method, "dr_ratio": reduced.ratio,
+                              "n_components": reduced.n_components, "val_acc": ev.val_acc,
+                              "test_acc": ev.test_acc, "status": "ok"})
+    dr = {**dr_fig, "method": reduced.method, "ratio": reduced.ratio, "n_components": reduced.n_components,
+          "hidden": list(shrunk), "transductive": reduced.transductive}
+    ctx.run.append("metrics", _mlp_row("dr", 0, dr_fig, hidden=_fmt_hidden(shrunk), dr_method=reduced.method,
+                                       dr_ratio=reduced.ratio))
+    prep.update(data=data, feature_names=[f"{reduced.method}{i}" for i in range(reduced.n_components)],
+                seed_net=dr_net.snapshot(), seed_neurons=sum(shrunk), dr=dr)
+    prep["preprocess"] = {"kind": "dr", "method": reduced.method, "ratio": reduced.ratio,
+                          "n_components": reduced.n_components, "transductive": reduced.transductive,
+                          "file": "preprocess.pkl"}
+    prep["preprocess_objects"] = {"normalizer": reduced.normalizer, "reducer": reduced.reducer,
+                                  "post_normalizer": reduced.post_normalizer, "transductive": reduced.transductive}
+    return prep
+
+
+def _fmt_hidden(hidden) -> str:
+    return "-".join(map(str, hidden))
+
+
+def _prepare_image(cfg: ScannTrialConfig, ctx: RunContext, device: torch.device, state: dict[str, Any]) -> dict[str, Any]:
+    splits = load_images(cfg)
+    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = LeNet5(splits.num_classes, splits.input_shape, LENET_FC).to(device)
+    lenet = state.get("lenet")
+    best = {"key": None, "state": None, "epoch": -1}
+    opt = torch.optim.SGD(model.parameters(), **{k: v for k, v in IMAGE_TRAINING.items() if k != "optimizer"})
+    start = 0
+    if lenet is not None:
+        model.load_state_dict(lenet["model"])
+        opt.load_state_dict(lenet["opt"])
+        best, start = lenet["best"], lenet["epochs_done"]
+        set_rng_state(state["rng"])
+    params, flops = costmodel.count_params(model), costmodel.count_flops(model, splits.input_shape)
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        nonlocal best
+        key = (row["val_acc"], -row["val_loss"])  # best validation accuracy; ties: lower loss
+        if best["key"] is None or key > tuple(best["key"]):
+            best = {"key": key, "epoch": row["epoch"],
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        ctx.run.append("metrics", {"phase": "baseline", "epoch": row["epoch"], "train_loss": row["train_loss"],
+                                   "train_acc": row["train_acc"], "val_loss": row["val_loss"],
+                                   "val_acc": row["val_acc"], "params": params, "flops": flops})
+        loader_gen = getattr(train_loader, "generator", None)
+        if loader_gen is not None:
+            loader_gen.manual_seed(cfg.seed * 100003 + row["epoch"] + 1)
+        ctx.run.save_checkpoint({"stage": "lenet", "rng": rng_state(), "lenet": {
+            "model": model.state_dict(), "opt": row["optimizer"].state_dict(), "best": best,
+            "epochs_done": row["epoch"] + 1}})
+
+    gen = getattr(train_loader, "generator", None)
+    if gen is not None:
+        gen.manual_seed(cfg.seed * 100003 + start)
+    train_image_model(model, train_loader, val_loader, epochs=cfg.conv_epochs, device=device, callback=on_epoch,
+                      start_epoch=start, optimizer=opt)
+    model.load_state_dict(best["state"])
+    from strategies.training import evaluate as evaluate_loader
+
+    test = evaluate_loader(model, test_loader, device)
+    val = evaluate_loader(model, val_loader, device)
+    fc_params = costmodel.count_params(model.fc1) + costmodel.count_params(model.fc2)
+    conv_params = costmodel.count_params(model.features)
+    conv_flops = costmodel.count_flops(model.features, splits.input_shape)
+    fc_connections = model.fc1.weight.numel() + model.fc2.weight.numel()
+    baseline = {"val_acc": val.acc, "val_loss": val.loss, "test_acc": test.acc, "test_loss": test.loss,
+                "params": params, "flops": flops, "fc_params": fc_params, "connections": fc_connections,
+                "neurons": LENET_FC, "hidden": [LENET_FC], "epochs": best["epoch"] + 1}
+    ctx.run.append("metrics", _mlp_row("baseline", cfg.conv_epochs, baseline, hidden="lenet5"))
+
+    # fixed feature extractor: features of every split, without augmentation, in a fixed order
+    plain = splits if not cfg.augment else load_images(replace(cfg, augment=False, download=False))
+    loaders = [torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False) for ds in (plain.train, plain.val, plain.test)]
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = (extract_features(model.features, lo, device) for lo in loaders)
+    data = TensorData(Xtr.to(device), ytr.to(device), Xva.to(device), yva.to(device), Xte.to(device), yte.to(device))
+    seed = FeedForwardNet.from_linears([model.fc1, model.fc2])
+    return {"mode": "image", "num_classes": splits.num_classes, "baseline": baseline, "data": data,
+            "feature_names": None, "seed_net": seed.snapshot(), "seed_neurons": LENET_FC, "dr": None,
+            "input_shape": list(splits.input_shape), "extractor": model.features.state_dict(),
+            "conv_params": conv_params, "conv_flops": conv_flops,
+            "preprocess": {"kind": "image", "dataset": cfg.dataset, "input_shape": list(splits.input_shape)},
+            "preprocess_objects": None}
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _figures(prefix: str, fig: dict[str, Any]) -> dict[str, Any]:
+    keys = ("val_acc", "test_acc", "params", "connections", "flops", "neurons")
+    return {f"{prefix}_{k}": fig.get(k) for k in keys if fig.get(k) is not None}
+
+
+def _ckpt_figures(prefix: str, ck) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in ck.figures().items() if v is not None}
+
+
+def run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    if cfg.threads == 0 and not cfg.image_mode:
+        torch.set_num_threads(1)  # tiny tabular matrices: one thread is fastest (1.5x on 2 busy cores)
+    try:
+        return _run(cfg, ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    state = ctx.resumed or {}
+    t_start = time.time()
+    elapsed = state.get("elapsed", 0.0)
+
+    prep = None
+    if state.get("stage") in ("prep", "scann") and ctx.run.exists("prep.pt"):
+        prep = torch.load(ctx.run.file("prep.pt"), map_location=device, weights_only=False)
+    if prep is None:
+        if cfg.image_mode:
+            prep = _prepare_image(cfg, ctx, device, state if state.get("stage") == "lenet" else {})
+        else:
+            prep = _prepare_tabular(cfg, ctx, device)
+        atomic_torch_save(prep, ctx.run.file("prep.pt"))
+        state = {"stage": "prep", "elapsed": elapsed + time.time() - t_start}
+        ctx.run.save_checkpoint(state)
+        t_start, elapsed = time.time(), state["elapsed"]
+
+    data: TensorData = prep["data"]
+    baseline, dr = prep["baseline"], prep["dr"]
+    scfg = cfg.scann_config(prep["seed_neurons"])
+    generator = torch.Generator().manual_seed(cfg.seed)
+    seed_base = FeedForwardNet.from_snapshot(prep["seed_net"]) if scfg.scheme == "C" else None
+    net = seed_network(scfg, data.num_features, prep["num_classes"], baseline=seed_base, generator=generator).to(device)
+
+    extractor = None
+    if prep["mode"] == "image":
+        extractor = LeNet5(prep["num_classes"], tuple(prep["input_shape"]), LENET_FC).features
+        extractor.load_state_dict(prep["extractor"])
+
+        def cost_fn(n: FeedForwardNet) -> tuple[int, int]:
+            p, f = network_cost(n)
+            return p + prep["conv_params"], f + prep["conv_flops"]
+    else:
+        cost_fn = network_cost
+
+    synth = ScannSynthesis(net, scfg, data, seed=cfg.seed, reference_acc=baseline["val_acc"],
+                           tolerance=cfg.tolerance, cost_fn=cost_fn)
+    if state.get("synth") is not None:
+        synth.load_state_dict(state["synth"])
+        set_rng_state(state["rng"])
+
+    with ctx.bar(scfg.iterations + 1, f"SCANN scheme {scfg.scheme}", cfg.progress) as bar:
+        bar.update(synth.iteration)
+        while not synth.finished:
+            rec = synth.step()
+            row = {"phase": "scann", "epoch": rec["iteration"], "train_loss": rec["train_loss"],
+                   "train_acc": rec["train_acc"], "val_loss": rec["val_loss"], "val_acc": rec["val_acc"],
+                   "test_acc": rec["test_acc"], "params": rec["params"], "flops": rec["flops"],
+                   "connections": rec["connections"], "neurons": rec["neurons"], "depth": rec["depth"],
+                   "time_s": elapsed + time.time() - t_start}
+            ctx.report_epoch(row)
+            ctx.run.append("structure", {k: rec[k] for k in (
+                "iteration", "ops", "neurons", "connections", "depth", "skip_connections", "active_inputs",
+                "group_sizes", "raw_neurons", "raw_connections", "allowed_connections", "grown", "pruned",
+                "neurons_added", "neurons_removed", "params", "flops", "val_acc", "test_acc")})
+            bar.update(1)
+            bar.set_postfix(val=f"{rec['val_acc']:.3f}", conn=rec["connections"], refresh=False)
+            ctx.run.save_checkpoint({"stage": "scann", "synth": synth.state_dict(), "rng": rng_state(),
+                                     "elapsed": elapsed + time.time() - t_start})
+
+    # ---- export the selected checkpoint ----
+    chosen, met = synth.selected(cfg.select)
+    final = FeedForwardNet.from_snapshot(chosen.snapshot)
+    exported = export_network(final, prep["feature_names"])
+    summary_arch = {"method": "scann", "dataset": cfg.dataset, "mode": prep["mode"], "scheme": scfg.scheme,
+                    "select": cfg.select, "selected_iteration": chosen.iteration, **exported.arch,
+                    "baseline_hidden": baseline["hidden"], "dr": dr, "preprocess": prep["preprocess"]}
+    ctx.run.write_json("arch.json", summary_arch)
+    if extractor is not None:
+        atomic_torch_save(ImageScannModel(extractor, exported.pruned).state_dict(), ctx.run.file("model.pt"))
+    else:
+        atomic_torch_save(exported.pruned.state_dict(), ctx.run.file("model.pt"))
+    atomic_torch_save(exported.masked, ctx.run.file("masked.pt"))
+    if prep["preprocess_objects"] is not None:
+        atomic_write_bytes(ctx.run.file("preprocess.pkl"), pickle.dumps(prep["preprocess_objects"]))
+
+    params = chosen.params
+    fc_params = exported.params
+    base_params = baseline["params"]
+    if prep["mode"] == "image":
+        compression = baseline["fc_params"] / max(fc_params, 1)
+    else:
+        compression = base_params / max(params, 1)
+    dr_fig = dr if dr is not None else baseline
+    summary: dict[str, Any] = {
+        "default": chosen.test_acc,
+        "top1": chosen.test_acc,
+        "test_acc": chosen.test_acc,
+        "val_acc": chosen.val_acc,
+        "connections": chosen.connections,
+        "params": params,
+        "flops": chosen.flops,
+        "fc_params": fc_params,
+        "neurons": chosen.neurons,
+        "depth": chosen.depth,
+        "skip_connections": exported.arch["skip_connections"],
+        "active_inputs": len(exported.arch["used_inputs"]),
+        "compression_ratio": compression,
+        "total_compression_ratio": base_params / max(params, 1),
+        "connection_compression": baseline["connections"] / max(chosen.connections, 1),
+        "flops_reduction": baseline["flops"] / max(chosen.flops, 1),
+        "selected_iteration": chosen.iteration,
+        "mc_met": int(met),
+        **_figures("baseline", baseline),
+        "baseline_fc_params": baseline.get("fc_params", baseline["params"]),
+        "dr_ratio": dr["ratio"] if dr is not None else 1.0,
+        "dr_n_components": dr["n_components"] if dr is not None else data.num_features,
+        **_figures("dr", dr_fig),
+        "dr_compression_ratio": base_params / max(dr_fig["params"], 1),
+        **_ckpt_figures("ha", synth.best),
+        **_ckpt_figures("mc", synth.compact if synth.compact is not None else synth.best),
+        "iterations": scfg.iterations,
+        "time_s": elapsed + time.time() - t_start,
+        "dataset": cfg.dataset,
+        "scheme": scfg.scheme,
+        "dr_method": dr["method"] if dr is not None else "none",
+        "select": cfg.select,
+        "mode": prep["mode"],
+        "transductive": int(bool(dr and dr.get("transductive"))),
+    }
+    ctx.run.file("prep.pt").unlink(missing_ok=True)
+    return summary

@@ -1,0 +1,543 @@
+"""SCANN: the feed-forward graph space, the grow/prune operations, schemes, Algorithm 2, the trial.
+
+Fast and seeded.  Paper: ``shared/seeds/002_d08e71b4be716ba4.txt``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from experiments import nni_bridge
+from experiments.config import build_config
+from experiments.errors import UserError, exit_on_error
+from experiments.harness import execute
+from experiments.methods.scann import ScannTrialConfig, run as scann_run
+from search_spaces import cost
+from search_spaces.feedforward import (
+    FeedForwardNet,
+    FeedForwardSpec,
+    PrunedFeedForward,
+    split_groups,
+    synthesis_mutables,
+    synthesis_search_space,
+)
+from strategies.scann import (
+    SCHEME_PRESETS,
+    ScannConfig,
+    ScannSynthesis,
+    TensorData,
+    connection_scores,
+    full_growth,
+    grow_connections,
+    grow_neurons,
+    install_mask_hook,
+    make_optimizer,
+    network_cost,
+    prune_connections,
+    seed_network,
+    synthesize,
+    train_epochs,
+    train_mlp,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_line_user_error(fn, match: str):
+    with pytest.raises(UserError, match=match) as info:
+        fn()
+    assert "\n" not in str(info.value)
+    return info
+
+
+def random_net(seed=0, groups=(4, 3, 5), keep=0.35, mlp=False, inputs=6, outputs=3):
+    g = torch.Generator().manual_seed(seed)
+    net = FeedForwardNet(FeedForwardSpec(num_inputs=inputs, num_outputs=outputs, groups=groups, mlp=mlp,
+                                         wiring="dense"), generator=g)
+    with torch.no_grad():
+        net.mask &= torch.rand(net.mask.shape, generator=g) < keep
+        net.bias.copy_(torch.rand(net.bias.shape, generator=g))  # positive: constant neurons matter
+    net.apply_mask_()
+    return net
+
+
+def toy_data(n, seed, features=8):
+    """Label depends on features 0 and 1 only: the known optimum uses just those inputs."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, features, generator=g)
+    return X, ((X[:, 0] + X[:, 1]) > 1).long()
+
+
+def toy_split(seed=0):
+    Xtr, ytr = toy_data(512, seed)
+    Xva, yva = toy_data(256, 100 + seed)
+    Xte, yte = toy_data(256, 200 + seed)
+    return TensorData(Xtr, ytr, Xva, yva, Xte, yte)
+
+
+# --------------------------------------------------------------------------- the space
+
+
+def test_allowed_connections_general_vs_mlp():
+    net = FeedForwardNet(FeedForwardSpec(num_inputs=2, num_outputs=1, groups=(1, 1, 1), wiring="dense"))
+    # rows h0 h1 h2 y; cols x0 x1 h0 h1 h2: any earlier layer feeds any later one
+    expected = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(net.allowed(), expected)
+    assert torch.equal(net.mask, expected)
+    mlp = FeedForwardNet(FeedForwardSpec(num_inputs=2, num_outputs=1, groups=(1, 1, 1), mlp=True, wiring="dense"))
+    expected_mlp = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(mlp.allowed(), expected_mlp)
+    assert net.pair_mask(0, 4).shape == (1, 2) and net.pair_mask(1, 3).shape == (1, 1)
+
+
+def test_depth_emerges_from_wiring_fig4():
+    """Three hidden neurons form one, two or three hidden layers depending on the wiring (Fig. 4)."""
+    def net_with(edges):
+        net = FeedForwardNet(FeedForwardSpec(num_inputs=1, num_outputs=1, groups=(1, 1, 1), wiring="empty"))
+        with torch.no_grad():
+            net.bias.zero_()
+            for r, c in edges:  # (row, col): rows h0 h1 h2 y, cols x h0 h1 h2
+                net.mask[r, c] = True
+                net.weight[r, c] = 1.0
+        return net
+
+    parallel = net_with([(0, 0), (1, 0), (2, 0), (3, 1), (3, 2), (3, 3)])
+    two = net_with([(0, 0), (1, 0), (2, 1), (2, 2), (3, 3)])
+    chain = net_with([(0, 0), (1, 1), (2, 2), (3, 3), (3, 1)])  # plus one skip h0 -> y
+    assert (parallel.depth, two.depth, chain.depth) == (1, 2, 3)
+    assert chain.neuron_depths().tolist() == [1, 2, 3]
+    assert chain.skip_connections() == 1 and parallel.skip_connections() == 0
+    x = torch.tensor([[2.0]])
+    assert float(chain(x).detach()) == pytest.approx(2.0 + 2.0)  # relu chain of identities + skip
+
+
+def test_forward_equals_explicit_neuron_by_neuron_evaluation():
+    net = random_net(1)
+    x = torch.randn(7, 6)
+    w, b = net.effective_weight().detach(), net.bias.detach()
+    D, H = 6, net.num_hidden
+    nodes = torch.cat([x, torch.zeros(7, H)], 1)
+    for h in range(H):
+        nodes[:, D + h] = torch.relu(nodes @ w[h] + b[h])
+    ref = nodes @ w[H:].T + b[H:]
+    assert torch.allclose(net(x), ref, atol=1e-5)
+
+
+def test_exports_equal_masked_model_and_costs_count_biases():
+    net = random_net(2)
+    x = torch.randn(32, 6)
+    y = net(x).detach()
+    clean = net.cleaned()
+    assert clean.num_hidden < net.num_hidden  # some neurons lost one side at keep=0.35
+    assert (clean(x) - y).abs().max() < 1e-5  # removal (with constant folding) keeps the function
+    pruned = clean.to_pruned()
+    assert (pruned(x) - y).abs().max() < 1e-5
+    rebuilt = PrunedFeedForward(6, pruned.shapes)
+    rebuilt.load_state_dict(pruned.state_dict())
+    assert (rebuilt(x) - y).abs().max() < 1e-5
+    sparse = clean.to_sparse()
+    assert (sparse(x) - y).abs().max() < 1e-5
+    params, flops = network_cost(net)
+    assert params == clean.connections + clean.num_hidden + 3 == cost.count_params(sparse)
+    assert flops == 2 * clean.connections == cost.count_flops(sparse, (6,))
+
+
+def test_dense_mlp_counts_match_torch_linear_stack():
+    net = FeedForwardNet(FeedForwardSpec(num_inputs=30, num_outputs=2, groups=(64,), mlp=True, wiring="mlp"))
+    ref = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 2))
+    params, flops = network_cost(net)
+    assert params == cost.count_params(ref) == 30 * 64 + 64 + 64 * 2 + 2 == 2114
+    assert flops == cost.count_flops(ref, (30,)) == 2 * (30 * 64 + 64 * 2)
+
+
+def test_from_linears_copies_weights():
+    torch.manual_seed(0)
+    lin = [nn.Linear(5, 4), nn.Linear(4, 3), nn.Linear(3, 2)]
+    net = FeedForwardNet.from_linears(lin)
+    x = torch.randn(6, 5)
+    ref = lin[2](torch.relu(lin[1](torch.relu(lin[0](x)))))
+    assert torch.allclose(net(x), ref, atol=1e-6) and net.mlp and net.depth == 2
+
+
+def test_mutables_and_search_space():
+    m = synthesis_mutables(scheme=["A", "C"])
+    assert m["scheme"].label == "scheme" and list(m["scheme"].values) == ["A", "C"]
+    space = synthesis_search_space(["scheme", "prune_keep"], prune_keep=[0.05])
+    assert space == {"scheme": {"_type": "choice", "_value": ["A", "B", "C"]},
+                     "prune_keep": {"_type": "choice", "_value": [0.05]}}
+    fields = set(ScannTrialConfig.__dataclass_fields__)
+    assert set(synthesis_search_space()) <= fields  # every label is a trial config key
+    one_line_user_error(lambda: synthesis_mutables(schem=["A"]), "unknown synthesis setting")
+    assert split_groups(10, 3) == (4, 3, 3)
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_masks_hold_after_optimizer_steps(kind):
+    """Momentum and weight decay must not revive pruned weights; their state is zeroed too."""
+    data = toy_split()
+    net = random_net(3, groups=(6, 6), keep=1.0, inputs=8, outputs=2)
+    cfg = ScannConfig(optimizer=kind, lr=0.05, momentum=0.9 if kind == "sgd" else 0.0, weight_decay=1e-2)
+    opt = make_optimizer(net, cfg)
+    g = torch.Generator().manual_seed(0)
+    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)  # state everywhere
+    install_mask_hook(opt, net)
+    prune_connections(net, fraction=0.7, optimizer=opt)
+    dormant = ~net.mask
+    assert dormant.any()
+    train_epochs(net, opt, data.X_train, data.y_train, epochs=2, batch_size=64, generator=g)
+    assert torch.count_nonzero(net.weight.detach()[dormant]) == 0
+    for value in opt.state[net.weight].values():
+        if torch.is_tensor(value) and value.shape == dormant.shape:
+            assert torch.count_nonzero(value[dormant]) == 0
+
+
+def test_without_the_hook_momentum_revives_pruned_weights():
+    """Control for the test above: the masks need the hook."""
+    data = toy_split()
+    net = random_net(3, groups=(6, 6), keep=1.0, inputs=8, outputs=2)
+    opt = make_optimizer(net, ScannConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-2))
+    g = torch.Generator().manual_seed(0)
+    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)
+    with torch.no_grad():
+        dormant = torch.rand(net.mask.shape, generator=g) < 0.5
+        net.mask &= ~dormant
+        net.apply_mask_()
+    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)
+    assert torch.count_nonzero(net.weight.detach()[dormant & net.allowed()]) > 0
+
+
+def test_connection_growth_takes_largest_gradients_and_resets_state():
+    data = toy_split()
+    net = random_net(4, groups=(5, 5), keep=1.0, inputs=8, outputs=2)
+    opt = make_optimizer(net, ScannConfig(optimizer="adam", lr=1e-2))
+    install_mask_hook(opt, net)
+    g = torch.Generator().manual_seed(0)
+    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)
+    prune_connections(net, fraction=0.6, optimizer=opt)
+    before = net.mask.clone()
+    kept_state = opt.state[net.weight]["exp_avg"][before].clone()
+    scores = connection_scores(net, data.X_train, data.y_train)
+    dormant = net.allowed() & ~before
+    grown = grow_connections(net, data.X_train, data.y_train, count=7, optimizer=opt)
+    assert grown == 7
+    new = net.mask & ~before
+    assert int(new.sum()) == 7 and not (new & ~dormant).any()
+    assert scores[new].min() >= scores[dormant & ~new].max()  # the top |dL/dw| among dormant ones
+    assert torch.count_nonzero(net.weight.detach()[new]) == 0  # new weights start at 0
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.count_nonzero(opt.state[net.weight][key][new]) == 0  # fresh state
+    assert torch.equal(opt.state[net.weight]["exp_avg"][before], kept_state)  # others untouched
+    # growth up to a share of all allowed connections, and full growth
+    grow_connections(net, data.X_train, data.y_train, to=0.9, optimizer=opt)
+    assert net.connections == round(0.9 * net.allowed_connections())
+    full_growth(net, opt)
+    assert torch.equal(net.mask, net.allowed())
+
+
+def test_neuron_growth_duplicates_most_active_neurons():
+    data = toy_split()
+    net = random_net(5, groups=(4, 4), keep=0.8, inputs=8, outputs=2)
+    opt = make_optimizer(net, ScannConfig(optimizer="sgd", lr=0.01, momentum=0.9))
+    install_mask_hook(opt, net)
+    g = torch.Generator().manual_seed(0)
+    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)
+    _, act = net.forward_hidden(data.X_train)
+    top = torch.topk(act.mean(0), 2).indices.tolist()
+    old_w, old_m = net.weight.detach().clone(), net.mask.clone()
+    old_buf = opt.state[net.weight]["momentum_buffer"].clone()
+    parents = grow_neurons(net, data.X_train, 2, max_neurons=10, noise=0.05, generator=g, optimizer=opt)
+    assert parents == top and net.num_hidden == 10
+    # each copy joins its parent's group, right after the group's old members
+    group_of = [0] * 4 + [1] * 4
+    order = [h for grp in (0, 1) for h in list(range(4 * grp, 4 * grp + 4)) + [p for p in parents if group_of[p] == grp]]
+    is_new = [False] * 4 + [True] * sum(group_of[p] == 0 for p in parents) + [False] * 4 + \
+             [True] * sum(group_of[p] == 1 for p in parents)
+    buf = opt.state[net.weight]["momentum_buffer"]
+    D = 8
+    for new_idx, (old_idx, fresh) in enumerate(zip(order, is_new)):
+        new_cols = [c for c in range(D)]  # compare the input side (columns of inputs do not move)
+        assert torch.equal(net.mask[new_idx, new_cols], old_m[old_idx, new_cols])
+        if fresh:
+            active = old_m[old_idx, new_cols]
+            assert torch.allclose(net.weight.detach()[new_idx, new_cols], old_w[old_idx, new_cols], atol=0.3)
+            assert not torch.equal(net.weight.detach()[new_idx, new_cols][active], old_w[old_idx, new_cols][active])
+            assert torch.count_nonzero(buf[new_idx]) == 0  # fresh optimizer state
+        else:
+            assert torch.equal(net.weight.detach()[new_idx, new_cols], old_w[old_idx, new_cols])
+            assert torch.equal(buf[new_idx, new_cols], old_buf[old_idx, new_cols])  # state moved along
+    assert grow_neurons(net, data.X_train, 5, max_neurons=10, optimizer=opt) == []  # at the cap
+    assert len(grow_neurons(net, data.X_train, 5, max_neurons=11, optimizer=opt)) == 1
+
+
+def test_pruning_removes_neurons_without_connections():
+    net = random_net(6, groups=(3, 3), keep=1.0)
+    with torch.no_grad():  # neuron 1: every connection tiny -> pruned first -> removed
+        net.weight[1, :] = 1e-6
+        net.weight[:, 6 + 1] = 1e-6
+    x = torch.randn(4, 6)
+    pruned, removed = prune_connections(net, keep=net.connections - 12)
+    assert removed >= 1 and net.num_hidden <= 5
+    # one-sided neurons are kept by pruning (paper: removed only when *all* connections are gone),
+    # but the clean-up of an evaluated/exported network drops them without changing the output
+    net2 = random_net(7, groups=(3, 3), keep=1.0)
+    with torch.no_grad():
+        net2.mask[:, 6 + 0] = False  # neuron 0 feeds nobody
+        net2.mask[1, :] = False      # neuron 1 reads nothing: a constant relu(bias)
+    net2.apply_mask_()
+    _, removed = prune_connections(net2, fraction=0.01)
+    assert removed == 0 and net2.num_hidden == 6
+    y = net2(x)
+    clean = net2.cleaned()
+    assert clean.num_hidden == 4 and (clean(x) - y).abs().max() < 1e-5
+
+
+# --------------------------------------------------------------------------- schemes and Algorithm 2
+
+
+def test_scheme_presets_are_the_papers_mnist_settings():
+    a = ScannConfig.for_scheme("A", baseline_neurons=500)
+    assert (a.initial_neurons, a.max_neurons, a.initial_prune, a.grow_to, a.neuron_growth, a.prune_fraction) == \
+        (300, 500, 0.95, 0.35, 5, 0.25)
+    b = ScannConfig.for_scheme("B", baseline_neurons=500)
+    assert (b.initial_neurons, b.grow_to, b.prune_keep, b.neuron_growth) == (400, 0.9, 0.05, 0)
+    c = ScannConfig.for_scheme("C", baseline_neurons=500)
+    assert c.mlp and c.ops == ("full_growth", "prune") and c.prune_keep == SCHEME_PRESETS["C"]["prune_keep"]
+    assert a.ops == ("grow_connections", "grow_neurons", "prune")
+    one_line_user_error(lambda: ScannConfig.for_scheme("D", baseline_neurons=5), "unknown scheme")
+    one_line_user_error(lambda: ScannConfig(prune_keep=1.5), "prune_keep")
+
+
+def test_toy_problem_finds_the_two_relevant_inputs():
+    """Sanity: y depends on x0 and x1 only; after synthesis only those inputs stay connected."""
+    data = toy_split(0)
+    cfg = ScannConfig.for_scheme("B", baseline_neurons=12, groups=2, iterations=3, initial_epochs=30,
+                                 epochs_per_op=15, lr=1e-2, prune_keep=0.08)
+    net = seed_network(cfg, 8, 2, generator=torch.Generator().manual_seed(0))
+    best, synth = synthesize(net, cfg, data, seed=0)
+    assert best.used_inputs() == [0, 1]
+    assert synth.best.val_acc >= 0.97
+    assert synth.best.val_acc == max(r["val_acc"] for r in synth.history)  # Algorithm 2's output
+    assert best.connections <= 12
+
+
+@pytest.mark.parametrize("scheme", ["A", "C"])
+def test_schemes_run_and_keep_their_shape(scheme):
+    data = toy_split(1)
+    base = None
+    if scheme == "C":
+        base, _ = train_mlp((12,), data, epochs=10, lr=1e-2)
+    cfg = ScannConfig.for_scheme(scheme, baseline_neurons=12, groups=2, iterations=2, initial_epochs=5,
+                                 epochs_per_op=3, lr=1e-2, neuron_growth=2,
+                                 **({"prune_keep": 0.4} if scheme == "C" else {}))
+    net = seed_network(cfg, 8, 2, baseline=base, generator=torch.Generator().manual_seed(0))
+    synth = ScannSynthesis(net, cfg, data, seed=0, reference_acc=0.5)
+    synth.run()
+    assert [r["iteration"] for r in synth.history] == [0, 1, 2]
+    if scheme == "A":
+        assert synth.history[1]["neurons_added"] == 2 and synth.net.num_hidden <= cfg.max_neurons
+    else:
+        assert synth.net.mlp and all(r["skip_connections"] == 0 for r in synth.history)
+        assert all(r["raw_connections"] <= round(0.4 * 120) for r in synth.history)
+    assert synth.compact is not None and synth.compact.params == min(
+        r["params"] for r in synth.history if r["val_acc"] >= 0.5 - 0.005)
+
+
+def test_synthesis_state_dict_resumes_identically():
+    data = toy_split(2)
+    cfg = ScannConfig.for_scheme("B", baseline_neurons=10, groups=2, iterations=3, initial_epochs=4,
+                                 epochs_per_op=2, lr=1e-2)
+
+    def fresh():
+        net = seed_network(cfg, 8, 2, generator=torch.Generator().manual_seed(0))
+        return ScannSynthesis(net, cfg, data, seed=0)
+
+    full = fresh()
+    full.run()
+    first = fresh()
+    first.step(), first.step()
+    state = first.state_dict()
+    second = fresh()
+    second.load_state_dict(state)
+    second.run()
+    assert [r["val_acc"] for r in second.history] == [r["val_acc"] for r in full.history]
+    assert second.net.connections == full.net.connections
+    assert torch.equal(second.net.weight, full.net.weight)
+
+
+# --------------------------------------------------------------------------- the trial
+
+
+def tiny(**kw):
+    base = dict(dataset="breast_cancer", baseline_hidden=[16], baseline_epochs=5, iterations=2,
+                epochs_per_op=2, progress=False, device="cpu", scheme="B")
+    base.update(kw)
+    return build_config(ScannTrialConfig, base)
+
+
+def test_trial_end_to_end_breast_cancer(tmp_path):
+    nni_bridge._reset_for_tests()
+    cfg = tiny()
+    summary = execute("scann", cfg, scann_run, tmp_path / "run")
+    folder = tmp_path / "run"
+    for name in ("config.json", "metrics.csv", "structure.csv", "arch.json", "model.pt", "masked.pt",
+                 "preprocess.pkl", "summary.json"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "prep.pt").exists() and not (folder / "checkpoint.pt").exists()
+    for key in ("default", "test_acc", "connections", "params", "flops", "compression_ratio", "baseline_params",
+                "ha_test_acc", "mc_params", "depth", "dr_ratio"):
+        assert isinstance(summary[key], (int, float)) and np.isfinite(summary[key]), key
+    assert summary["compression_ratio"] == pytest.approx(summary["baseline_params"] / summary["params"])
+    import pandas as pd
+
+    structure = pd.read_csv(folder / "structure.csv")
+    assert list(structure["iteration"]) == [0, 1, 2]
+    assert {"neurons", "connections", "depth"} <= set(structure.columns)
+    metrics = pd.read_csv(folder / "metrics.csv")
+    assert list(metrics[metrics.phase == "scann"]["epoch"]) == [0, 1, 2]
+    # model.pt rebuilds from arch.json and equals the masked network on normalised data
+    arch = json.loads((folder / "arch.json").read_text())
+    model = PrunedFeedForward(arch["num_inputs"], arch["pruned_shapes"])
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    masked = FeedForwardNet.from_snapshot(torch.load(folder / "masked.pt", weights_only=True))
+    x = torch.rand(20, 30)
+    assert (model(x) - masked(x)).abs().max() < 1e-5
+    assert arch["connections"] == summary["connections"] == len(arch["edges"])
+    # a second execute on the finished folder returns the stored summary
+    assert execute("scann", cfg, scann_run, folder)["default"] == summary["default"]
+
+
+def test_trial_resumes_after_a_crash(tmp_path, monkeypatch):
+    nni_bridge._reset_for_tests()
+    cfg = tiny(iterations=3)
+    ref = execute("scann", cfg, scann_run, tmp_path / "ref")
+    real_step = ScannSynthesis.step
+
+    def crashing(self):
+        if self.iteration == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self)
+
+    monkeypatch.setattr(ScannSynthesis, "step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        execute("scann", cfg, scann_run, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    monkeypatch.setattr(ScannSynthesis, "step", real_step)
+    nni_bridge._reset_for_tests()
+    resumed = execute("scann", cfg, scann_run, tmp_path / "run")
+    for key in ("test_acc", "val_acc", "connections", "params"):
+        assert resumed[key] == ref[key], key
+    import pandas as pd
+
+    assert list(pd.read_csv(tmp_path / "run" / "structure.csv")["iteration"]) == [0, 1, 2, 3]
+
+
+def _csv(tmp_path, text, name="data.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _table(rows=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((rows, 3))
+    y = (X[:, 0] > 0.5).astype(int)
+    lines = ["a,b,c,label"] + [f"{a:.4f},{b:.4f},{c:.4f},{'yes' if t else 'no'}" for (a, b, c), t in zip(X, y)]
+    return "\n".join(lines) + "\n"
+
+
+def test_bad_input_is_a_one_line_user_error(tmp_path):
+    good = _table()
+    missing = good.replace("\n0.", "\n,", 1)
+    text = good.splitlines()
+    nonnum = "\n".join([text[0]] + [l.replace(",", ",x", 1) if i == 1 else l for i, l in enumerate(text[1:], 1)]) + "\n"
+    constant = "\n".join([text[0]] + [l.rsplit(",", 1)[0] + ",same" for l in text[1:]]) + "\n"
+    few = "a,b,label\n" + "".join(f"{i},{i},{i % 4}\n" for i in range(4))
+    cases = {
+        "missing value": (dict(csv=str(_csv(tmp_path, missing, "m.csv")), label="label"), "missing value"),
+        "non-numeric": (dict(csv=str(_csv(tmp_path, nonnum, "n.csv")), label="label"), "non-numeric"),
+        "no label column": (dict(csv=str(_csv(tmp_path, good, "g.csv")), label="target"), "label column"),
+        "constant label": (dict(csv=str(_csv(tmp_path, constant, "c.csv")), label="label"), "single value"),
+        "fewer samples than classes": (dict(csv=str(_csv(tmp_path, few, "f.csv")), label="label"), "sample"),
+    }
+    for what, (kw, match) in cases.items():
+        cfg = tiny(dataset="csv", **kw)
+        nni_bridge._reset_for_tests()
+        one_line_user_error(lambda: execute("scann", cfg, scann_run, tmp_path / what.replace(" ", "_")), match)
+    for ratio in (0, 1, 1.5, -0.2):
+        one_line_user_error(lambda: tiny(dr_method="pca", dr_ratio=ratio), "dr_ratio")
+    one_line_user_error(lambda: tiny(dr_method="spectral"), "transductive")
+    one_line_user_error(lambda: tiny(dr_method="tsne"), "unknown dr_method")
+    one_line_user_error(lambda: tiny(scheme="Z"), "scheme")
+    one_line_user_error(lambda: tiny(dataset="digits"), "digits_flat")
+    one_line_user_error(lambda: tiny(dataset="mnist5k", dr_method="pca"), "tabular")
+    one_line_user_error(lambda: tiny(prune_keep=2.0), "prune_keep")
+    one_line_user_error(lambda: tiny(schemee="A"), "did you mean 'scheme'")
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    cfg = tiny(dataset="csv", csv=str(tmp_path / "nope.csv"), label="y")
+    with pytest.raises(SystemExit) as info:
+        exit_on_error(execute, "scann", cfg, scann_run, tmp_path / "run")
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+def test_user_csv_runs_and_the_raw_file_is_never_modified(tmp_path):
+    path = _csv(tmp_path, _table(rows=90))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    stat = path.stat()
+    nni_bridge._reset_for_tests()
+    summary = execute("scann", tiny(dataset="csv", csv=str(path), label="label", dr_method="pca", dr_ratio=0.67),
+                      scann_run, tmp_path / "run")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest and path.stat().st_mtime == stat.st_mtime
+    assert summary["dr_n_components"] == 2 and summary["dr_method"] == "pca"
+
+
+def test_nnictl_config_sweeps_valid_trial_configs():
+    path = ROOT / "experiments" / "configs" / "scann_schemes.yml"
+    conf = yaml.safe_load(path.read_text())
+    assert conf["tuner"]["name"] == "GridSearch" and conf["trainingService"]["platform"] == "local"
+    assert (path.parent / conf["trialCodeDirectory"]).resolve() == ROOT
+    assert "experiments.trial scann" in conf["trialCommand"] and "breast_cancer" in conf["trialCommand"]
+    space = conf["searchSpace"]
+    assert {"scheme", "dr_method", "dr_ratio"} <= set(space)
+    import itertools
+
+    keys = list(space)
+    for values in itertools.product(*(space[k]["_value"] for k in keys)):
+        assert space[keys[0]]["_type"] == "choice"
+        build_config(ScannTrialConfig, dict(zip(keys, values)))  # every grid point is a valid config
+
+
+def test_image_mode_lenet5_on_mnist5k(tmp_path):
+    """LeNet-5 (Caffe) baseline, frozen convolutions, SCANN on the fully connected part."""
+    from strategies.scann import ImageScannModel, LeNet5
+
+    assert cost.count_params(LeNet5()) == 431_080  # 520 + 25,050 + 400,500 + 5,010 (paper: 430.5K)
+    nni_bridge._reset_for_tests()
+    cfg = build_config(ScannTrialConfig, dict(dataset="mnist5k", limit=300, conv_epochs=1, iterations=1,
+                                              scheme="C", progress=False, device="cpu", batch_size=64))
+    summary = execute("scann", cfg, scann_run, tmp_path / "run")
+    assert summary["mode"] == "image" and summary["baseline_params"] == 431_080
+    fc_baseline = 400_500 + 5_010
+    assert summary["compression_ratio"] == pytest.approx(fc_baseline / summary["fc_params"])
+    assert summary["params"] == summary["fc_params"] + 520 + 25_050
+    assert summary["connections"] <= round(0.023 * 405_000)  # Scheme C keeps 2.3% of the FC weights
+    arch = json.loads((tmp_path / "run" / "arch.json").read_text())
+    from search_spaces.feedforward import PrunedFeedForward as P
+    from strategies.scann import LeNet5Features
+
+    model = ImageScannModel(LeNet5Features(), P(arch["num_inputs"], arch["pruned_shapes"]))
+    model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
