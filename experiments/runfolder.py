@@ -23,41 +23,12 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["RunFolder", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "default_run_dir"]
+from search_spaces.files import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+__all__ = ["RunFolder", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "default_run_dir"]  # writers re-exported from search_spaces.files
 
 
 def _jsonable(obj: Any) -> Any:

@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import io
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,6 +44,7 @@ from typing import Any, Mapping
 import torch
 
 from search_spaces.epnas import SpaceConfig, arch_to_json, check_constraints_feasible
+from search_spaces.files import atomic_torch_save
 from search_spaces.errors import UserError, exit_on_error
 
 from .epnas import EpnasConfig, EpnasController, constraints_of
@@ -122,20 +121,7 @@ def build_search(settings: TunerSettings):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    # strategies may not import experiments (DESIGN.md import direction), so runfolder's helper is mirrored here
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(obj, path)
 
 
 def _default_state_file() -> Path:
