@@ -448,6 +448,29 @@ def merge_entries(store: dict[str, dict], new: Mapping[str, Mapping[str, Any]], 
 # ------------------------------------------------------------------------------------- controller
 
 
+def record_result(records: dict[str, dict], key: str, reward: float | None,
+                  metrics: Mapping[str, Any] | None, failure_reward: float) -> dict | None:
+    """Mark a pending record done (or failed: ``reward`` None/non-finite -> ``failure_reward``).
+    Unknown or already-told keys give None, so results may arrive in any order and twice.
+    Shared by the controller and the baselines (:mod:`strategies.search_baselines`)."""
+    rec = records.get(key)
+    if rec is None or rec["status"] != "pending":
+        return None
+    failed = reward is None or not math.isfinite(float(reward))
+    rec["status"] = "failed" if failed else "done"
+    rec["reward"] = float(failure_reward if failed else reward)
+    rec["metrics"] = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+    return rec
+
+
+def better_best(best: dict | None, key: str, rec: dict) -> dict | None:
+    """The best-so-far record after ``rec`` (failed trials never become best)."""
+    if rec["status"] == "failed" or (best is not None and rec["reward"] <= best["reward"]):
+        return best
+    return {"reward": rec["reward"], "key": key, "arch": copy.deepcopy(rec["arch"]),
+            "meta": dict(rec["meta"]), "metrics": dict(rec["metrics"])}
+
+
 class EpnasController:
     """The progressive REINFORCE search as an ask/tell object (see the module docstring)."""
 
@@ -521,22 +544,17 @@ class EpnasController:
     def tell(self, key: str, reward: float | None, metrics: Mapping[str, Any] | None = None) -> bool:
         """Record a trial's reward (``None``: failed/killed -> ``failure_reward``).  Unknown or
         already-told keys are ignored (returns False), so results may arrive in any order and twice."""
-        rec = self.records.get(key)
-        if rec is None or rec["status"] != "pending":
+        rec = record_result(self.records, key, reward, metrics, self.cfg.failure_reward)
+        if rec is None:
             return False
-        failed = reward is None or not math.isfinite(float(reward))
-        rec["status"] = "failed" if failed else "done"
-        rec["reward"] = float(self.cfg.failure_reward if failed else reward)
-        rec["metrics"] = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+        failed = rec["status"] == "failed"
         br = self.branches[rec["meta"]["branch"]]
         if br["busy"] == key and rec["meta"]["episode"] == self.episode:
             br["busy"] = None
             br["step"] += 1
             if not failed:  # progressive: the next step morphs this network; a failure reverts
                 br["arch"], br["parent"] = copy.deepcopy(rec["arch"]), rec["meta"]["trial"]
-        if not failed and (self.best is None or rec["reward"] > self.best["reward"]):
-            self.best = {"reward": rec["reward"], "key": key, "arch": copy.deepcopy(rec["arch"]),
-                         "meta": dict(rec["meta"]), "metrics": dict(rec["metrics"])}
+        self.best = better_best(self.best, key, rec)
         self._maybe_end_episode()
         return True
 

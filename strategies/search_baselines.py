@@ -15,7 +15,6 @@ flight at a time, and expose ``propose() / tell() / state_dict() / load_state_di
 from __future__ import annotations
 
 import copy
-import math
 import random
 from collections import deque
 from typing import Any, Mapping
@@ -23,7 +22,7 @@ from typing import Any, Mapping
 from search_spaces.epnas import SpaceConfig, random_arch
 from search_spaces.errors import UserError
 
-from .epnas import EpnasConfig, EpnasController, _as_tuple, random_morph
+from .epnas import EpnasConfig, EpnasController, _as_tuple, better_best, random_morph, record_result
 
 __all__ = ["RandomSearch", "RegularizedEvolution", "RandomMorphing", "BASELINES"]
 
@@ -72,15 +71,11 @@ class _Independent:
         return out
 
     def tell(self, key: str, reward: float | None, metrics: Mapping[str, Any] | None = None) -> bool:
-        rec = self.records.get(key)
-        if rec is None or rec["status"] != "pending":
+        rec = record_result(self.records, key, reward, metrics, self.cfg.failure_reward)
+        if rec is None:
             return False
-        failed = reward is None or not math.isfinite(float(reward))
-        rec["status"] = "failed" if failed else "done"
-        rec["reward"] = float(self.cfg.failure_reward if failed else reward)
-        if not failed and (self.best is None or rec["reward"] > self.best["reward"]):
-            self.best = {"reward": rec["reward"], "key": key, "arch": copy.deepcopy(rec["arch"]), "meta": dict(rec["meta"])}
-        self._told(key, rec, failed)
+        self.best = better_best(self.best, key, rec)
+        self._told(key, rec, rec["status"] == "failed")
         return True
 
     def _told(self, key: str, rec: dict, failed: bool) -> None:
