@@ -72,7 +72,17 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("method", help=f"one of: {', '.join(sorted(METHODS))}")
     parser.add_argument("--config", help="YAML file with config keys")
     parser.add_argument("--run-dir", help="run folder (default: $NNI_OUTPUT_DIR or runs/<method>/<time>)")
+    parser.add_argument("--keys", action="store_true", help="list the method's config keys and defaults, then exit")
     args, rest = parser.parse_known_args(argv)
+    if args.keys:
+        import dataclasses
+
+        from .methods import get_method
+
+        for f in dataclasses.fields(get_method(args.method).config_cls):
+            default = f.default if f.default is not dataclasses.MISSING else "(required)"
+            print(f"{f.name:24s} {default!r}")
+        return 0
     overrides = parse_cli_overrides(rest)
     nni_params = nni_bridge.get_trial_parameters() if nni_bridge.in_nni_trial() else {}
     method, cfg = resolve_config(args.method, config_file=args.config, overrides=overrides, nni_params=nni_params)
