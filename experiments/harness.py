@@ -8,7 +8,6 @@ writes ``summary.json`` / reports the final metric.  Methods checkpoint through
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -165,6 +164,3 @@ def execute(method: str, cfg: CommonConfig, run_fn: Callable[[Any, RunContext], 
     nni_bridge.report_final(summary)
     return summary
 
-
-def load_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())

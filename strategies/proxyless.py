@@ -317,9 +317,6 @@ class CompactProxyless(Proxyless):
                                          gradient_clip_val=self.gradient_clip_val,
                                          log_prob_every_n_step=self.log_prob_every_n_step)
 
-    def configure_softmax(self) -> nn.Module:
-        return nn.Softmax(-1)
-
 
 class SearchExit:
     """Search-exit criterion: argmax stable for ``patience`` epochs and mean-entropy change < delta."""
