@@ -12,7 +12,6 @@ import os
 import random
 import time
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
