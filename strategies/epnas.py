@@ -73,7 +73,7 @@ from search_spaces.errors import UserError
 
 __all__ = [
     "SCALE_TABLE", "KINDS", "CONSTRAINT_NAMES", "EpnasConfig", "constraints_of", "constrained_reward",
-    "insert_unit", "remove_unit", "scale_group", "random_morph", "PolicyNet", "EpnasController",
+    "insert_unit", "remove_unit", "scale_group", "random_morph", "describe_morph", "PolicyNet", "EpnasController",
     "copy_sliced", "merge_entries",
 ]
 
@@ -387,6 +387,34 @@ def run_policy(policy: PolicyNet, arch: Mapping[str, Any], cfg: EpnasConfig, *, 
     return child, actions, torch.stack(logps).sum(), torch.stack(ents).sum(), names
 
 
+def describe_morph(names: Sequence[str], actions: Sequence[int], space: SpaceConfig) -> str:
+    """A morph in words from :func:`run_policy`'s ``names`` / ``actions``, e.g.
+    ``"insert conv2d@2; channels+ g0"`` (``"keep"`` when nothing changes)."""
+    tables = dict(_fields(space.kind))
+    parts: list[str] = []
+    scales: list[str] = []
+    group = 0
+    it = iter(zip(names, actions))
+    for name, a in it:
+        if name == "scale":
+            if SCALE_TABLE[a] != "keep":
+                scales.append(f"{SCALE_TABLE[a]} g{group}")
+            group += 1
+        elif name == "kind":
+            kind = KINDS[a]
+            if kind == "keep":
+                continue
+            pos = next(it, (None, -1))[1]
+            op = ""
+            for n2, a2 in it:
+                if n2 == "type":
+                    op = f" {tables['type'][a2]}"
+                    break
+            parts.append(f"{kind}{op}@{pos}")
+    text = "; ".join(parts + scales)
+    return text or "keep"
+
+
 # ------------------------------------------------------------------------------------- random morph
 
 
@@ -525,21 +553,26 @@ class EpnasController:
                 break
             if br["busy"] is not None or br["step"] >= self.steps:
                 continue
-            child, actions = self._morph(br["arch"])
+            child, actions, info = self._morph(br["arch"])
             index = self.next_index
             self.next_index += 1
             key = f"t{index:05d}"
-            meta = {"trial": index, "episode": self.episode, "step": br["step"], "branch": b, "parent": br["parent"]}
+            meta = {"trial": index, "episode": self.episode, "step": br["step"], "branch": b, "parent": br["parent"],
+                    **info}
             self.records[key] = {"arch": child, "parent_arch": copy.deepcopy(br["arch"]), "actions": actions,
                                  "meta": meta, "status": "pending", "reward": None, "metrics": {}}
             br["busy"] = key
             out.append((key, copy.deepcopy(child), dict(meta)))
         return out
 
-    def _morph(self, arch: Mapping[str, Any]) -> tuple[dict, list[int]]:
+    def _morph(self, arch: Mapping[str, Any]) -> tuple[dict, list[int], dict[str, Any]]:
+        """The sampled child, its actions and meta for the trial: ``entropy`` (the policy's
+        entropy over the morph's decisions, nats, mean per decision) and ``action`` (the morph in
+        words, :func:`describe_morph`), so the analysis can plot entropy and lineage."""
         with torch.no_grad():
-            child, actions, _, _, _ = run_policy(self.policy, arch, self.cfg, gen=self.gen)
-        return child, actions
+            child, actions, _, ent, names = run_policy(self.policy, arch, self.cfg, gen=self.gen)
+        return child, actions, {"entropy": float(ent) / max(1, len(actions)),
+                                "action": describe_morph(names, actions, self.space)}
 
     def tell(self, key: str, reward: float | None, metrics: Mapping[str, Any] | None = None) -> bool:
         """Record a trial's reward (``None``: failed/killed -> ``failure_reward``).  Unknown or

@@ -9,7 +9,9 @@ The tuner is thin: every decision is :class:`strategies.epnas.EpnasController`'s
 from :mod:`strategies.search_baselines`, ``algorithm: random | evolution | morph``); the tuner
 maps NNI parameter ids to the controller's trial keys and sends each trial its architecture
 (JSON), the space settings, the constraints and ``trial / episode / step / branch / parent``, which
-``experiments.methods.epnas`` reports back as web-UI columns.
+``experiments.methods.epnas`` reports back as web-UI columns, plus ``algorithm``, ``action`` (the
+morph that made the network from its parent) and, for EPNAS, ``entropy`` (the policy's entropy over
+the morph), which the trial writes into its run folder for :mod:`analysis.epnas`.
 
 Robustness
 ----------
@@ -189,7 +191,7 @@ class EpnasTuner(_tuner_base()):
 
     def _parameters(self, key: str, arch: dict, meta: dict) -> dict[str, Any]:
         s = self.settings
-        params: dict[str, Any] = {"arch": arch_to_json(arch), "space": s.space, **meta}
+        params: dict[str, Any] = {"arch": arch_to_json(arch), "space": s.space, "algorithm": s.algorithm, **meta}
         params.update({k: getattr(s.space_config, k) for k in _SPACE_FIELDS})
         params.update({k: v for k in _CONSTRAINT_FIELDS if (v := getattr(s.controller, k)) is not None})
         params["base_penalty"] = s.controller.base_penalty

@@ -64,7 +64,8 @@ class _Independent:
             self.next_index += 1
             per_episode = self.steps * self.cfg.branches
             meta = {"trial": i, "episode": i // per_episode, "step": (i % per_episode) // self.cfg.branches,
-                    "branch": i % self.cfg.branches, "parent": parent}
+                    "branch": i % self.cfg.branches, "parent": parent,
+                    "action": "random" if parent < 0 else "mutation"}
             key = f"t{i:05d}"
             self.records[key] = {"arch": arch, "meta": meta, "status": "pending", "reward": None}
             out.append((key, copy.deepcopy(arch), dict(meta)))
@@ -139,8 +140,8 @@ class RegularizedEvolution(_Independent):
 class RandomMorphing(EpnasController):
     """EPNAS's progressive episodes with uniformly random valid morphs instead of the policy."""
 
-    def _morph(self, arch: Mapping[str, Any]) -> tuple[dict, list[int]]:
-        return random_morph(arch, self.space, self.rng), []
+    def _morph(self, arch: Mapping[str, Any]) -> tuple[dict, list[int], dict[str, Any]]:
+        return random_morph(arch, self.space, self.rng), [], {"entropy": None, "action": "random morph"}
 
     def update_policy(self, recs) -> float:
         return 0.0

@@ -605,7 +605,8 @@ def test_analysis_report_study(tmp_path):
     (tmp_path / "other" / "config.json").write_text(json.dumps({"method": "proxyless"}))
     files = report_study(dirs + [tmp_path / "other"], tmp_path / "out")
     names = {f.name for f in files}
-    assert names == {"trials.csv", "episodes.csv", "search.png", "best_arch.json"}
+    assert names == {"trials.csv", "episodes.csv", "search.png", "best_arch.json", "curves.csv", "curves.png",
+                     "episodes.png", "lineage.png", "best_arch.png"}
     import pandas as pd
 
     t = pd.read_csv(tmp_path / "out" / "trials.csv")
@@ -617,14 +618,213 @@ def test_analysis_report_study(tmp_path):
     assert (tmp_path / "out" / "search.png").stat().st_size > 10_000
 
 
-def test_bench_smoke(tmp_path):
-    from bench.epnas_efficiency import BenchConfig, _spearman, main
+def test_bench_smoke(tmp_path, capsys):
+    from bench.epnas_efficiency import BenchConfig, _spearman, auc, bootstrap_ci, main, summarise
 
     assert _spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert _spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert main(["--branches", "1", "--episodes", "1", "--steps", "2", "--proxy-epochs", "1", "--rank-archs", "2",
-                 "--full-epochs", "2", "--max-layers", "3", "--out", str(tmp_path)]) == 0
+                 "--full-epochs", "2", "--max-layers", "3", "--seeds", "2", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "epnas_efficiency.json").read_text())
-    assert set(res["search"]) == {"epnas", "random", "evolution", "morph"}
-    assert all(len(a["rewards"]) == 2 for a in res["search"].values())
+    assert set(res["search"]) == {"epnas", "epnas_share", "random", "evolution", "morph"}
+    assert all(len(a["rewards"]) == 2 and all(len(r) == 2 for r in a["rewards"]) for a in res["search"].values())
+    s = res["summary"]
+    assert len(s["fraction_of_budget_to_random_best"]) == 2 and set(s["auc"]) == set(res["search"])
+    for v in s["auc"].values():
+        assert v["ci95"][0] <= v["mean"] <= v["ci95"][1] and len(v["per_seed"]) == 2
+    assert len(s["checks"]) == 4 and all(isinstance(ok, bool) for ok in s["checks"].values())
+    out = capsys.readouterr().out
+    assert "(i)" in out and "(iii)" in out and ("MET" in out)
     assert (tmp_path / "epnas_efficiency.png").stat().st_size > 5_000
+
+
+def _fake_trial(d, *, algorithm, trial, episode, step, branch, parent, acc, params, entropy=None, action="",
+                arch=None, epochs=2):
+    d.mkdir(parents=True)
+    reward = constrained_reward(acc, {"params": params}, {"params": (None, 6000.0)})
+    (d / "config.json").write_text(json.dumps({"method": "epnas", "config": {
+        "space": "layer", "params_max": 6000.0, "algorithm": algorithm, "stop_epoch": epochs}}))
+    (d / "summary.json").write_text(json.dumps({
+        "method": "epnas", "default": reward, "reward": reward, "accuracy": acc, "params": params,
+        "flops": 10 * params, "intensity": 5.0, "trial": trial, "episode": episode, "step": step, "branch": branch,
+        "parent": parent, "layers": 2, "algorithm": algorithm, "entropy": entropy, "action": action,
+        "epochs_trained": epochs}))
+    (d / "arch.json").write_text(json.dumps({"arch": arch or {"space": "layer", "layers": [_layer()]}}))
+    return d
+
+
+def test_analysis_compares_algorithms_entropy_lineage_and_best_arch(tmp_path):
+    import pandas as pd
+    from matplotlib.text import Annotation
+
+    from analysis.epnas import plot_arch, report_study
+
+    best_arch = {"space": "layer", "layers": [_layer(), _layer("maxpool2d"), _layer("add", src1=0),
+                                              _layer(channels=64, src1=0, src2=1)]}
+    dirs = []
+    # EPNAS: 2 episodes x 2 steps x 2 branches; parents form chains; trial 6 is the best feasible one
+    for i in range(8):
+        ep, st, br = i // 4, (i % 4) // 2, i % 2
+        parent = -1 if i < 2 else i - 2
+        params = 8000 if i == 7 else 1000 + 100 * i          # trial 7: best accuracy but infeasible
+        acc = 0.9 if i == 7 else 0.5 + 0.05 * i
+        dirs.append(_fake_trial(tmp_path / "exp_epnas" / "trials" / f"t{i}", algorithm="epnas", trial=i, episode=ep,
+                                step=st, branch=br, parent=parent, acc=acc, params=params, entropy=1.0 - 0.1 * ep,
+                                action=f"insert conv2d@{i % 3}", arch=best_arch if i == 6 else None))
+    # random search: same budget, flat rewards, half infeasible
+    for i in range(8):
+        dirs.append(_fake_trial(tmp_path / "exp_random" / "trials" / f"t{i}", algorithm="random", trial=i,
+                                episode=i // 4, step=(i % 4) // 2, branch=i % 2, parent=-1, acc=0.55,
+                                params=1000 if i % 2 else 9000, action="random", epochs=3))
+    files = report_study(dirs, tmp_path / "out")
+    assert {"curves.csv", "curves.png", "episodes.png", "lineage.png", "best_arch.png"} <= {f.name for f in files}
+    c = pd.read_csv(tmp_path / "out" / "curves.csv")
+    assert set(c["algorithm"]) == {"epnas", "random"}
+    for algo, g in c.groupby("algorithm"):
+        assert g["models"].tolist() == list(range(1, 9))
+        assert g["epochs"].tolist() == [(2 if algo == "epnas" else 3) * m for m in range(1, 9)]
+        assert g["best_so_far"].tolist() == g["reward"].cummax().tolist()
+    assert c[c["algorithm"] == "epnas"]["best_so_far"].iloc[-1] > c[c["algorithm"] == "random"]["best_so_far"].iloc[-1]
+    e = pd.read_csv(tmp_path / "out" / "episodes.csv")
+    ep = e[e["algorithm"] == "epnas"].set_index("episode")
+    assert ep["mean_entropy"].tolist() == pytest.approx([1.0, 0.9])
+    assert ep["feasible_fraction"].tolist() == [1.0, 0.75]
+    rnd = e[e["algorithm"] == "random"]
+    assert rnd["feasible_fraction"].tolist() == [0.5, 0.5] and rnd["mean_entropy"].isna().all()
+    t = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert {"algorithm", "entropy", "action", "epochs", "study"} <= set(t.columns)
+    for name in ("curves.png", "episodes.png", "lineage.png", "best_arch.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 5_000
+    # the diagram: one box per layer + the input, sequential arrows and one arrow per Src1 / Src2
+    fig = plot_arch(best_arch)
+    ax = fig.axes[0]
+    arrows = [a for a in ax.texts if isinstance(a, Annotation)]
+    boxes = [a for a in ax.texts if not isinstance(a, Annotation)]
+    assert len(boxes) == 5 and len(arrows) == 4 + 3
+    assert any("conv2d" in b.get_text() and "64 ch" in b.get_text() for b in boxes)
+    fig = plot_arch({"space": "module", "branches": [_branch(), _branch(src1=1, src2=0)]})
+    assert len([a for a in fig.axes[0].texts if isinstance(a, Annotation)]) == 4   # src arrows only
+
+
+def test_algorithm_entropy_and_action_reach_the_run_folder(tmp_path):
+    from analysis.epnas import trials_table
+
+    dirs = []
+    for algorithm in ("epnas", "random"):
+        t = _tuner(tmp_path, algorithm=algorithm, state_file=str(tmp_path / f"{algorithm}.pt"), steps=1, episodes=1,
+                   branches=1)
+        (p,) = t.generate_multiple_parameters([0])
+        assert p["algorithm"] == algorithm and "action" in p
+        d = tmp_path / algorithm / "trials" / "a"
+        s = execute("epnas", _trial_cfg(**{k: v for k, v in p.items()}), run, d)
+        assert s["algorithm"] == algorithm and s["action"] == p["action"]
+        dirs.append(d)
+    t = trials_table(dirs).set_index("algorithm")
+    assert t.loc["epnas", "entropy"] > 0 and math.isnan(t.loc["random", "entropy"])
+    assert t.loc["random", "action"] == "random" and t.loc["epnas", "action"]
+
+
+def test_bench_summary_figures_on_known_curves():
+    from bench.epnas_efficiency import auc, bootstrap_ci, paired_ratio_ci, summarise
+
+    assert auc([0.2, 0.5, 0.4, 0.9]) == pytest.approx((0.2 + 0.5 + 0.5 + 0.9) / 4)
+    est, lo, hi = bootstrap_ci([1.0, 2.0, 3.0])
+    assert est == 2.0 and 1.0 <= lo <= 2.0 <= hi <= 3.0
+    assert paired_ratio_ci([2.0, 2.0], [1.0, 1.0]) == (2.0, 2.0, 2.0)
+
+    def arm(rewards):
+        return {"auc": auc(rewards), "best_reward": max(rewards), "feasible_fraction": 1.0, "rewards": rewards}
+
+    seeds = []
+    for hit in (2, 3, None):  # EPNAS reaches random's best (0.6) at model 2, 3, never
+        ep = [0.1] * 8
+        if hit:
+            ep[hit - 1:] = [0.7] * (8 - hit + 1)
+        s = {"epnas": arm(ep), "epnas_share": arm(ep), "random": arm([0.3, 0.6] + [0.5] * 6),
+             "evolution": arm([0.5] * 8), "morph": arm([0.5] * 8)}
+        for a in s.values():
+            hits = [i for i, r in enumerate(a["rewards"]) if r >= 0.6]
+            a["trials_to_random_best"] = hits[0] + 1 if hits else None
+        seeds.append(s)
+    out = summarise(seeds, budget=8)
+    assert out["fraction_of_budget_to_random_best"] == [0.25, 0.375, None]
+    assert out["median_fraction"] == 0.375
+    assert out["checks"]["epnas_reaches_random_best_within_half_budget (median fraction <= 0.5)"]
+    assert out["auc_ratio_share_on_over_off"]["ratio"] == pytest.approx(1.0)
+
+
+_RESUME_DRIVER = r'''
+import json, sys
+import torch
+
+def drive(tuner, limit, pid=0):
+    """The same protocol everywhere: keep `branches` trials running, finish the oldest first."""
+    running, log, told = [], [], 0
+    while told < limit:
+        want = tuner.settings.controller.branches - len(running)
+        got = tuner.generate_multiple_parameters(list(range(pid, pid + want))) if want else []
+        for p in got:
+            running.append((pid, p))
+            log.append(p)
+            pid += 1
+        if not running:
+            break
+        q, p = running.pop(0)
+        arch = json.loads(p["arch"])
+        reward = 0.1 * len(arch["layers"]) + 0.01 * (p["trial"] % 3)   # deterministic in the network
+        tuner.receive_trial_result(q, p, {"default": reward})
+        told += 1
+    return log
+
+def main(state, limit, out):
+    from strategies.epnas_nni import EpnasTuner
+
+    tuner = EpnasTuner(space="layer", branches=2, episodes=3, steps=2, max_layers=4, input_shape=[1, 8, 8],
+                       state_file=state, seed=7)
+    log = drive(tuner, limit, pid=1000 * len(tuner.search.records))
+    result = {"log": log, "episode": tuner.search.episode, "finished": tuner.search.finished,
+              "records": len(tuner.search.records)}
+    with open(out, "w") as f:
+        json.dump(result, f)
+    return result
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    sys.path.insert(0, sys.argv[4])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+'''
+
+
+def test_tuner_resumes_in_a_new_process_and_continues_consistently(tmp_path):
+    """``nnictl resume`` without nnictl: a tuner process is stopped mid-search (trials running,
+    inside an episode), a NEW process builds a new tuner on the same state file, re-proposes the
+    running trials and finishes the search exactly as an uninterrupted run does."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "driver.py"
+    script.write_text(_RESUME_DRIVER)
+
+    def proc(state, limit, out):
+        r = subprocess.run([sys.executable, str(script), str(state), str(limit), str(out), root],
+                           capture_output=True, text=True, timeout=240, cwd=root)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(Path(out).read_text())
+
+    driver: dict = {"__name__": "epnas_resume_driver"}
+    exec(compile(_RESUME_DRIVER, str(script), "exec"), driver)
+    full = driver["main"](str(tmp_path / "ref.pt"), 10**6, str(tmp_path / "ref.json"))   # uninterrupted, here
+    first = proc(tmp_path / "cut.pt", 5, tmp_path / "a.json")                  # stopped in episode 1
+    assert not first["finished"] and first["episode"] == 1 and first["records"] < 12
+    second = proc(tmp_path / "cut.pt", 10**6, tmp_path / "b.json")            # a new process resumes
+    assert full["finished"] and second["finished"] and full["records"] == second["records"] == 12
+    keys = ("trial", "arch", "episode", "step", "branch", "parent", "action")
+    resumed = {p["trial"]: {k: p[k] for k in keys} for p in first["log"] + second["log"]}
+    reference = {p["trial"]: {k: p[k] for k in keys} for p in full["log"]}
+    assert resumed == reference                       # same networks, same lineage, same morphs
+    told_first = {p["trial"] for p in first["log"]}
+    rerun = [p["trial"] for p in second["log"] if p["trial"] in told_first]
+    assert rerun and rerun == sorted(rerun)           # the trials that were running are proposed again, first
+    assert [p["trial"] for p in second["log"][:len(rerun)]] == rerun
+    assert torch.load(tmp_path / "cut.pt", weights_only=True)["search"]["episode"] == 3

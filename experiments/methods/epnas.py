@@ -85,6 +85,9 @@ class EpnasTrialConfig(CommonConfig):
     step: int = -1
     branch: int = -1
     parent: int = -1
+    algorithm: str = "epnas"          # which search proposed the trial (tuner classArgs ``algorithm``)
+    entropy: float | None = None      # policy entropy of the morph (EPNAS only; nats per decision)
+    action: str = ""                  # the morph that made this network from ``parent``, in words
 
     def __post_init__(self):
         super().__post_init__()
@@ -244,6 +247,9 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "step": cfg.step,
         "branch": cfg.branch,
         "parent": cfg.parent,
+        "algorithm": cfg.algorithm,
+        "entropy": cfg.entropy,
+        "action": cfg.action,
         "layers": len(arch.get("layers", arch.get("branches", []))),
         "shared_loaded": shared_loaded,
         "shared_written": shared_written,
