@@ -72,7 +72,7 @@ from search_spaces.epnas import (ACTIVATIONS, BRANCH_TYPES, CELL_CHANNELS, FILTE
 from search_spaces.errors import UserError
 
 __all__ = [
-    "SCALE_TABLE", "KINDS", "CONSTRAINT_NAMES", "EpnasConfig", "constraints_of", "constrained_reward",
+    "SCALE_TABLE", "KINDS", "CONSTRAINT_NAMES", "RewardConfig", "EpnasConfig", "constraints_of", "constrained_reward",
     "insert_unit", "remove_unit", "scale_group", "random_morph", "describe_morph", "PolicyNet", "EpnasController",
     "copy_sliced", "merge_entries",
 ]
@@ -86,7 +86,32 @@ CONSTRAINT_NAMES = ("params", "flops", "intensity")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EpnasConfig:
+class RewardConfig:
+    """The reward's settings, shared by the controller and the trial config: the soft hinge's base
+    penalty ``p`` and the resource bounds (None = unbounded)."""
+
+    base_penalty: float = 0.9         # p of the soft hinge penalty
+    params_min: float | None = None
+    params_max: float | None = None
+    flops_min: float | None = None
+    flops_max: float | None = None
+    intensity_min: float | None = None
+    intensity_max: float | None = None
+
+    def __post_init__(self):
+        if not 0 < self.base_penalty < 1:
+            raise UserError(f"base_penalty must be in (0, 1), got {self.base_penalty}")
+        for name in CONSTRAINT_NAMES:
+            lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+            for v in (lo, hi):
+                if v is not None and not v > 0:
+                    raise UserError(f"{name} bounds must be > 0, got {v}")
+            if lo is not None and hi is not None and lo > hi:
+                raise UserError(f"{name}_min={lo:g} is above {name}_max={hi:g}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpnasConfig(RewardConfig):
     """Controller settings; defaults are the paper's (Sec. 4.1) unless noted."""
 
     branches: int = 8                 # "8 branches", top-8 models start the next episode
@@ -102,13 +127,6 @@ class EpnasConfig:
     entropy_weight: float = 1e-3      # entropy bonus (not given in the paper)
     init_units: int = 0               # layers/branches of the random start networks (0: random count)
     failure_reward: float = 0.0       # reward of a failed or killed trial
-    base_penalty: float = 0.9         # p of the soft hinge penalty
-    params_min: float | None = None
-    params_max: float | None = None
-    flops_min: float | None = None
-    flops_max: float | None = None
-    intensity_min: float | None = None
-    intensity_max: float | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -117,17 +135,9 @@ class EpnasConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps < 0 or self.init_units < 0:
             raise UserError("steps and init_units must be >= 0")
-        if not 0 < self.base_penalty < 1:
-            raise UserError(f"base_penalty must be in (0, 1), got {self.base_penalty}")
         if not self.lr > 0 or not 0 <= self.baseline_decay < 1:
             raise UserError("lr must be > 0 and baseline_decay in [0, 1)")
-        for name in CONSTRAINT_NAMES:
-            lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
-            for v in (lo, hi):
-                if v is not None and not v > 0:
-                    raise UserError(f"{name} bounds must be > 0, got {v}")
-            if lo is not None and hi is not None and lo > hi:
-                raise UserError(f"{name}_min={lo:g} is above {name}_max={hi:g}")
+        super().__post_init__()
 
     def steps_for(self, kind: str) -> int:
         return self.steps or (10 if kind == "layer" else 5)

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from search_spaces.epnas import SpaceConfig, arch_cost, arch_from_json, build_network, random_arch, validate_arch
 from search_spaces.errors import UserError
-from strategies.epnas import constrained_reward, constraints_of, copy_sliced, merge_entries
+from strategies.epnas import RewardConfig, constrained_reward, constraints_of, copy_sliced, merge_entries
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
@@ -50,7 +50,7 @@ SHARE_NAME = "epnas_shared.pt"
 
 
 @dataclass(frozen=True, kw_only=True)
-class EpnasTrialConfig(CommonConfig):
+class EpnasTrialConfig(CommonConfig, RewardConfig):
     """Flat trial config: data (CommonConfig) + space + proxy training + reward + controller tags."""
 
     dataset: str = "cifar10"
@@ -73,13 +73,6 @@ class EpnasTrialConfig(CommonConfig):
     nesterov: bool = True
     share: bool = True
     share_file: str = ""
-    base_penalty: float = 0.9
-    params_min: float | None = None
-    params_max: float | None = None
-    flops_min: float | None = None
-    flops_max: float | None = None
-    intensity_min: float | None = None
-    intensity_max: float | None = None
     trial: int = -1
     episode: int = -1
     step: int = -1
@@ -96,8 +89,6 @@ class EpnasTrialConfig(CommonConfig):
             raise UserError(f"need epochs >= 1 and 1 <= stop_epoch <= epochs, got {self.epochs}, {self.stop_epoch}")
         if not self.lr > 0 or self.batch_ref < 1:
             raise UserError("lr must be > 0 and batch_ref >= 1")
-        if not 0 < self.base_penalty < 1:
-            raise UserError(f"base_penalty must be in (0, 1), got {self.base_penalty}")
         for name, (lo, hi) in constraints_of(self).items():
             if lo is not None and hi is not None and lo > hi:
                 raise UserError(f"{name}_min={lo:g} is above {name}_max={hi:g}")
