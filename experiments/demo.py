@@ -65,7 +65,8 @@ def _main(argv: list[str]) -> int:
         if args.stop:
             print("experiment stopped (--stop)")
         else:
-            print(f"web UI:            http://localhost:{run.port}   (stop it with: nnictl stop {run.experiment_id})")
+            nnictl = Path(sys.executable).parent / "nnictl"
+            print(f"web UI:            http://localhost:{run.port}   (stop it with: {nnictl} stop {run.experiment_id})")
         if failed:
             raise UserError(f"trials failed: {', '.join(failed)} (see their trial.log under {exp_dir})")
         return code or 0
