@@ -23,7 +23,7 @@ from . import nni_bridge
 from .config import config_to_dict
 from .runfolder import RunFolder, atomic_write_text, environment_info
 
-__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "resolve_device", "seed_everything", "pick", "rng_state", "set_rng_state"]
+__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "reseed_loader", "resolve_device", "seed_everything", "pick", "rng_state", "set_rng_state"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +78,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but no CUDA device is available")
     return torch.device(name)
+
+
+def reseed_loader(loader, seed: int, epoch: int, *, phase: int = 0) -> None:
+    """Reshuffle deterministically per (seed, phase, epoch), so a resumed run sees the same batches."""
+    gen = getattr(loader, "generator", None)
+    if gen is not None:
+        gen.manual_seed(seed * 100003 + phase * 50000 + epoch)
 
 
 def pick(cls: type, cfg: Any):

@@ -28,7 +28,7 @@ from strategies.growth import GrowthConfig, GrowthSearch
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
-from ..harness import CommonConfig, RunContext, load_images, pick, resolve_device, rng_state, set_rng_state
+from ..harness import CommonConfig, RunContext, load_images, pick, reseed_loader, resolve_device, rng_state, set_rng_state
 from ..runfolder import atomic_torch_save
 
 __all__ = ["GrowthTrialConfig", "run"]
@@ -72,12 +72,6 @@ def layout_for(cfg: GrowthTrialConfig, splits):
                        stem=cfg.stem, max_blocks=cfg.max_blocks or None)
 
 
-def _seed_loader(loader, seed: int) -> None:
-    gen = getattr(loader, "generator", None)
-    if gen is not None:
-        gen.manual_seed(seed)
-
-
 def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
     splits = load_images(cfg)
     layout = layout_for(cfg, splits)   # bad layouts fail before any data is touched by training
@@ -102,7 +96,7 @@ def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
         bar.update(search.epoch * len(train_loader))
         while search.epoch < cfg.epochs:
             epoch = search.epoch
-            _seed_loader(train_loader, cfg.seed * 100003 + epoch)
+            reseed_loader(train_loader, cfg.seed, epoch)
             t0 = time.time()
             row = search.run_epoch(train_loader, bar=bar)
             times["grow"] += time.time() - t0
@@ -140,7 +134,7 @@ def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
         with ctx.bar(cfg.finetune_epochs * len(train_loader), "fine-tune", cfg.progress) as bar:
             bar.update(start * len(train_loader))
             for epoch in range(start, cfg.finetune_epochs):
-                _seed_loader(train_loader, cfg.seed * 100003 + 50000 + epoch)
+                reseed_loader(train_loader, cfg.seed, epoch, phase=1)
                 t0 = time.time()
                 tr = train_epoch(compact, train_loader, opt, scheduler=sched, device=device,
                                  where=f"finetune epoch {epoch}", bar=bar)

@@ -21,7 +21,7 @@ from strategies.proxyless import ProxylessConfig, ProxylessSearch
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
-from ..harness import CommonConfig, RunContext, load_images, pick, resolve_device, rng_state, set_rng_state
+from ..harness import CommonConfig, RunContext, load_images, pick, reseed_loader, resolve_device, rng_state, set_rng_state
 from ..runfolder import atomic_torch_save
 
 __all__ = ["ProxylessTrialConfig", "run"]
@@ -53,13 +53,6 @@ def _space_kwargs(cfg: ProxylessTrialConfig, splits) -> dict[str, Any]:
     return dict(num_classes=splits.num_classes, width=cfg.width, stem=cfg.stem, in_channels=splits.input_shape[0])
 
 
-def _seed_loader(loader, seed: int) -> None:
-    """Reshuffle deterministically per epoch (so a resumed run sees the same batches)."""
-    gen = getattr(loader, "generator", None)
-    if gen is not None:
-        gen.manual_seed(seed)
-
-
 def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
     splits = load_images(cfg)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -82,7 +75,7 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
         with ctx.bar(cfg.search_epochs * len(train_loader), f"search scope={cfg.scope}", cfg.progress) as bar:
             bar.update(epoch * len(train_loader))
             while epoch < cfg.search_epochs and not search.should_stop():
-                _seed_loader(train_loader, cfg.seed * 100003 + epoch)
+                reseed_loader(train_loader, cfg.seed, epoch)
                 t0 = time.time()
                 row = search.run_epoch(epoch, train_loader, val_loader,
                                        record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
@@ -117,7 +110,7 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
     with ctx.bar(cfg.retrain_epochs * len(train_loader), f"retrain scope={cfg.scope}", cfg.progress) as bar:
         bar.update(start * len(train_loader))
         for epoch in range(start, cfg.retrain_epochs):
-            _seed_loader(train_loader, cfg.seed * 100003 + 50000 + epoch)
+            reseed_loader(train_loader, cfg.seed, epoch, phase=1)
             t0 = time.time()
             tr = train_epoch(model, train_loader, opt, scheduler=sched, device=device,
                              where=f"retrain epoch {epoch}", bar=bar)
