@@ -28,6 +28,23 @@ Sec. II and IV-A).  What is implemented, and how it differs from NNI 3.0's built
   ``E[cost] = fixed + sum_blocks softmax(alpha) . cost_candidates`` with per-candidate FLOPs or
   measured latency from :mod:`search_spaces.cost`.  It is a tensor expression of ``alpha``, so
   it really produces gradients (NNI 3.0 builds its penalty from Python floats).
+* **Cost target** (optional, ``cost_target``; our deviation, the paper has no cost term at all):
+  to aim at a budget, e.g. the survey's "1/3 of the baseline FLOPs"
+  (``../shared/seeds/000_c349d282987e7307.txt``), the term becomes a hinge on the expected cost
+  of the *whole* network as a fraction of the baseline (every block at its first candidate):
+  ``loss_arch = CE + cost_weight * max(0, E[C] / (cost_target * C(baseline)) - 1)`` with
+  ``E[C] = C_fixed + sum_blocks softmax(alpha) . cost_candidates`` (``C_fixed``: stem,
+  shortcuts, head - counted for FLOPs; for latency only the blocks are measured, so there the
+  target is a fraction of the blocks' latency).  Why a hinge: the budget is a constraint, not an
+  objective.  ProxylessNAS's additive ``lambda * E[LAT]`` (Cai et al., ICLR 2019, Sec. 3.3)
+  keeps pushing the cost down whatever the budget, so a given target needs a sweep over
+  ``lambda``; MnasNet's soft reward ``ACC * (LAT/T)^w`` (Tan et al., CVPR 2019; the form
+  ProxylessNAS uses for its REINFORCE variant) is a soft trade-off that lands on either side of
+  ``T``.  The hinge is zero inside the budget (there cross-entropy alone chooses, as in the
+  paper), and above it is an exact penalty of ``E[C] <= T``: convex in the path probabilities,
+  its gradient does not vanish at the boundary, so a large ``cost_weight`` holds ``E[C]`` at the
+  target.  The constraint is on the expectation; the exported argmax path can differ from it
+  (the tests bound the gap on a small net).
 * **Export** is the argmax path of every block: deterministic (NNI 3.0's ``export()``
   resamples at random).
 * **Search exit** (the paper asks for one and gives none, Sec. IV-B): :class:`SearchExit` fires
@@ -93,6 +110,7 @@ class ProxylessConfig:
     arch_every: int = 1             # an architecture step every K batches (ProxylessNAS's code: 5)
     cost_term: CostTerm = "none"
     cost_weight: float = 0.0
+    cost_target: float | None = None  # fraction of the baseline's cost; None: the paper-style linear term
     record_every: int = 0           # also record the trajectory every K steps (0: epoch ends only)
     exit_patience: int = 10
     exit_entropy_delta: float = 1e-3
@@ -112,6 +130,11 @@ class ProxylessConfig:
             raise UserError(f"cost_term must be none, flops or latency, got {self.cost_term!r}")
         if self.cost_weight < 0:
             raise UserError(f"cost_weight must be >= 0, got {self.cost_weight}")
+        if self.cost_target is not None:
+            if not (isinstance(self.cost_target, (int, float)) and 0 < self.cost_target < math.inf):
+                raise UserError(f"cost_target must be a fraction > 0 of the baseline cost, got {self.cost_target}")
+            if self.cost_term == "none":
+                raise UserError("cost_target needs cost_term 'flops' or 'latency' (cost_term is 'none')")
         if self.exit_patience < 1:
             raise UserError(f"exit_patience must be >= 1, got {self.exit_patience}")
         if self.arch_every < 1:
@@ -392,6 +415,7 @@ class ProxylessSearch:
         self.exit = SearchExit(c.exit_patience, c.exit_entropy_delta)
         self._cost_ref = 1.0
         self._fixed_cost = 0.0
+        self._target_ref = 1.0
         self._fill_cost_tables()
 
     # ---- costs ---------------------------------------------------------------------------
@@ -437,6 +461,14 @@ class ProxylessSearch:
             m.candidate_cost.copy_(torch.tensor(values, dtype=torch.float32))
         # normalise by the cost of the all-first-candidate (baseline) blocks
         self._cost_ref = float(sum(m.candidate_cost[0] for m in self.layers)) or 1.0
+        # the target is a fraction of the whole baseline network (blocks + fixed part)
+        self._fixed_cost = float(self._fixed_flops) if self.config.cost_term == "flops" else 0.0
+        self._target_ref = (self._fixed_cost + float(sum(m.candidate_cost[0] for m in self.layers))) or 1.0
+        if self.config.cost_target is not None:
+            cheapest = self._fixed_cost + float(sum(m.candidate_cost.min() for m in self.layers))
+            if self.config.cost_target * self._target_ref < cheapest * (1 - 1e-6):
+                raise UserError(f"cost_target {self.config.cost_target:g} is below the cheapest architecture "
+                                f"of this space ({cheapest / self._target_ref:.4f} of the baseline)")
 
     def arch_cost(self, arch: dict[str, str]) -> dict[str, int]:
         """Params and FLOPs of the fixed network ``arch`` (from the per-candidate tables)."""
@@ -449,6 +481,16 @@ class ProxylessSearch:
 
     def expected_cost(self) -> torch.Tensor:
         return sum(m.expected_cost() for m in self.layers) / self._cost_ref
+
+    def expected_cost_fraction(self) -> torch.Tensor:
+        """``E[C] / C(baseline)`` of the whole network (the quantity ``cost_target`` bounds)."""
+        return (self._fixed_cost + sum(m.expected_cost() for m in self.layers)) / self._target_ref
+
+    def cost_penalty(self) -> torch.Tensor:
+        """The term ``cost_weight`` multiplies: the linear expected cost, or the target hinge."""
+        if self.config.cost_target is None:
+            return self.expected_cost()
+        return F.relu(self.expected_cost_fraction() / self.config.cost_target - 1)
 
     # ---- modes -----------------------------------------------------------------------------
     def _set_mode(self, mode: str) -> None:
@@ -485,7 +527,7 @@ class ProxylessSearch:
             check_finite(loss, f"{where} (architecture step)")
             total = loss
             if self.config.cost_term != "none" and self.config.cost_weight > 0:
-                total = loss + self.config.cost_weight * self.expected_cost()
+                total = loss + self.config.cost_weight * self.cost_penalty()
             total.backward()
             self.arch_opt.step()
             for m in self.layers:
@@ -562,7 +604,7 @@ class ProxylessSearch:
             "mean_entropy": h, "arch_changed": int(changed), "exit_fired": int(fired),
             "lr": self.weight_opt.param_groups[0]["lr"],
             **self.arch_cost(arch),
-            "expected_cost": float(self.expected_cost()) if c.cost_term != "none" else None,
+            "expected_cost": float(self.expected_cost().detach()) if c.cost_term != "none" else None,
         }
 
     def should_stop(self) -> bool:
