@@ -626,7 +626,8 @@ class ScannSynthesis:
     Every iteration yields one checkpoint (its best-validation epoch after the last pruning, see
     ``ScannConfig.checkpoint_epochs``), which may become ``best`` (highest validation
     accuracy, ties: fewer connections -- the paper's output, "H.A.") or ``compact`` (fewest
-    parameters with validation accuracy >= ``reference_acc - tolerance``, "M.C.").
+    parameters with validation accuracy >= ``reference_acc - tolerance``, "M.C."); with ``keep_all``
+    every iteration's checkpoint is kept in ``checkpoints`` as well.
 
     ``cost_fn(net) -> (params, flops)`` defaults to the FC network's sparse cost; image mode
     passes one that adds the convolutional extractor.  The test split (if any) is evaluated for
@@ -634,8 +635,10 @@ class ScannSynthesis:
     """
 
     def __init__(self, net: FeedForwardNet, cfg: ScannConfig, data: TensorData, *, seed: int = 0,
-                 reference_acc: float | None = None, tolerance: float = 0.005, cost_fn: CostFn | None = None):
+                 reference_acc: float | None = None, tolerance: float = 0.005, cost_fn: CostFn | None = None,
+                 keep_all: bool = False):
         self.net = net
+        self.keep_all = keep_all
         self.cfg = cfg
         self.data = data
         self.reference_acc = reference_acc
@@ -651,6 +654,8 @@ class ScannSynthesis:
         self.iteration = 0
         self.best: Checkpoint | None = None
         self.compact: Checkpoint | None = None
+        #: Every iteration's checkpoint (``keep_all``), for a choice made outside (e.g. by cross-validation).
+        self.checkpoints: list[Checkpoint] = []
         self.history: list[dict[str, Any]] = []
 
     # ---- loop ----------------------------------------------------------------------------
@@ -752,6 +757,8 @@ class ScannSynthesis:
         ckpt = Checkpoint(iteration=self.iteration, val_acc=val_acc, test_acc=test_acc, connections=net.connections,
                           params=params, flops=flops, neurons=net.num_hidden, depth=stats["depth"],
                           snapshot=net.snapshot())
+        if self.keep_all:
+            self.checkpoints.append(ckpt)
         if self.best is None or (val_acc, -ckpt.connections) > (self.best.val_acc, -self.best.connections):
             self.best = ckpt
         if self.reference_acc is not None and val_acc >= self.reference_acc - self.tolerance - 1e-12:
@@ -792,7 +799,8 @@ class ScannSynthesis:
         return {"net": self.net.snapshot(), "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "iteration": self.iteration,
                 "reference_connections": self.reference_connections,
-                "best": self.best, "compact": self.compact, "history": list(self.history)}
+                "best": self.best, "compact": self.compact, "checkpoints": list(self.checkpoints),
+                "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.restore(state["net"])
@@ -801,6 +809,7 @@ class ScannSynthesis:
         self.iteration = int(state["iteration"])
         self.reference_connections = int(state["reference_connections"])
         self.best, self.compact = state["best"], state["compact"]
+        self.checkpoints = list(state.get("checkpoints", []))
         self.history = list(state["history"])
 
 

@@ -441,6 +441,34 @@ def test_trial_resumes_after_a_crash(tmp_path, monkeypatch):
     assert list(pd.read_csv(tmp_path / "run" / "structure.csv")["iteration"]) == [0, 1, 2, 3]
 
 
+def test_size_chosen_by_cross_validation_on_training_data_only(tmp_path):
+    """select_folds: every iteration gets a pooled out-of-fold accuracy over train + validation;
+    the output is the smallest checkpoint within tolerance there and on validation (never test)."""
+    nni_bridge._reset_for_tests()
+    cfg = tiny(select="most_compressed", select_folds=2, scheme="C", dr_method="pca", dr_ratio=0.5,
+               prune_keep_schedule=[0.5, 0.2, 0.05], tolerance=0.02)
+    summary = execute("scann", cfg, scann_run, tmp_path / "run")
+    import pandas as pd
+
+    cv = pd.read_csv(tmp_path / "run" / "cv.csv")
+    assert list(cv["iteration"]) == [0, 1, 2]
+    folds = cv[["fold0_acc", "fold1_acc"]]  # pooled over two near-equal halves of the 455 samples
+    assert np.allclose(cv["cv_acc"], folds.mean(axis=1), atol=0.01)
+    assert np.allclose(cv["cv_acc"] * 455, (cv["cv_acc"] * 455).round(), atol=1e-6)
+    ok = (cv["cv_acc"] >= cv["cv_baseline_acc"] - 0.02 - 1e-12) & \
+         (cv["val_acc"] >= summary["baseline_val_acc"] - 0.02 - 1e-12)
+    assert list(cv["eligible"]) == list(ok.astype(int))
+    if ok.any():
+        row = cv[ok].sort_values("params").iloc[0]
+        assert summary["selected_iteration"] == row["iteration"] and summary["params"] == row["params"]
+        assert summary["selection_acc"] == pytest.approx(row["cv_acc"])
+        assert summary["mc_met"] == 1
+    assert summary["selection_baseline_acc"] == pytest.approx(cv["cv_baseline_acc"].iloc[0])
+    one_line_user_error(lambda: tiny(select_folds=3), "select_folds applies to tabular data sets with "
+                                                      "select=most_compressed")
+    one_line_user_error(lambda: tiny(select="most_compressed", select_folds=1), "select_folds must be")
+
+
 def _csv(tmp_path, text, name="data.csv"):
     p = tmp_path / name
     p.write_text(text)

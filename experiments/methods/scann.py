@@ -17,6 +17,18 @@ plus how inputs are preprocessed), ``model.pt`` (state_dict of the pruned dense-
 image mode: extractor + pruned FC), ``masked.pt`` (weights + masks), ``preprocess.pkl`` (fitted
 normaliser/DR transform, tabular), ``summary.json``.
 
+Choosing the size by cross-validation (``select_folds`` = k >= 2, tabular, ``select=most_compressed``):
+a small validation split cannot tell whether a pruned network holds the baseline's accuracy
+(breast_cancer: 57 samples, one sample = 1.75 points).  The training and validation data are then
+split into k stratified folds and the whole trial is repeated on each (fold-training / fold-
+validation): the baseline architecture, the same DR method and ratio (+ its DR model), and SCANN
+with the same settings and keep schedule.  Iteration ``i`` prunes to the same size in every run,
+so each iteration gets an out-of-fold accuracy over all training + validation samples; the output
+is the most compressed checkpoint of the main run whose out-of-fold accuracy is within
+``tolerance`` of the baseline architecture's out-of-fold accuracy *and* whose own validation
+accuracy is within ``tolerance`` of the baseline's.  The test split is never used (``cv.csv``
+holds the curves).  Costs k more syntheses.
+
 Counting: ``params`` are connections + biases of the live structure, ``flops`` 2 x connections
 per sample (+ the convolutions in image mode), both by ``search_spaces.cost`` on the exactly
 sparse model.  ``compression_ratio`` = baseline params / params; in image mode it is computed on
@@ -125,6 +137,7 @@ class ScannTrialConfig(CommonConfig):
     weight_decay: float | None = None
     select: str = "best_val"
     tolerance: float = 0.005
+    select_folds: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -163,6 +176,10 @@ class ScannTrialConfig(CommonConfig):
             raise UserError(f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
         if self.tolerance < 0:
             raise UserError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.select_folds < 0 or self.select_folds == 1:
+            raise UserError(f"select_folds must be 0 (off) or >= 2, got {self.select_folds}")
+        if self.select_folds and (self.image_mode or self.select != "most_compressed"):
+            raise UserError("select_folds applies to tabular data sets with select=most_compressed only")
         self.scann_config(100)  # range-check the SCANN settings now, not after the baseline
 
     @property
@@ -339,6 +356,65 @@ def _prepare_image(cfg: ScannTrialConfig, ctx: RunContext, device: torch.device,
             "preprocess_objects": None}
 
 
+# --------------------------------------------------------------------------- size by cross-validation
+
+
+def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: torch.device) -> dict[str, Any]:
+    """One fold of ``select_folds``: the trial's pipeline on fold-training data, scored on the fold's
+    held-out part (baseline architecture, the chosen DR method/ratio + DR model, SCANN)."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    splits = load_tabular_dataset(cfg.dataset, csv=cfg.csv, label=cfg.label, val_fraction=cfg.val_fraction,
+                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
+    X = np.vstack([splits.X_train, splits.X_val])
+    y = np.concatenate([splits.y_train, splits.y_val])
+    folds = StratifiedKFold(n_splits=cfg.select_folds, shuffle=True, random_state=cfg.seed).split(X, y)
+    tr, va = list(folds)[fold]
+    kw = _train_kwargs(cfg)
+    norm = RangeNormalizer().fit(X[tr])
+    full = TensorData.from_arrays(norm.transform(X[tr]), y[tr], norm.transform(X[va]), y[va], device=device)
+    hidden = tuple(prep["baseline"]["hidden"])
+    base_net, base_fig = train_mlp(hidden, full, epochs=cfg.baseline_epochs, **kw)
+    dr, data, seed_net, seed_neurons = prep["dr"], full, base_net, sum(hidden)
+    if dr is not None:
+        reduced = reduce_dataset(X[tr], X[va], method=dr["method"], ratio=dr["ratio"], seed=cfg.seed,
+                                 allow_transductive=cfg.allow_transductive, blas_threads=cfg.threads or 1)
+        data = TensorData.from_arrays(reduced.X_train, y[tr], reduced.X_val, y[va], device=device)
+        seed_net, _ = train_mlp(tuple(dr["hidden"]), data, epochs=cfg.baseline_epochs, **kw)
+        seed_neurons = sum(dr["hidden"])
+    scfg = cfg.scann_config(seed_neurons)
+    net = seed_network(scfg, data.num_features, prep["num_classes"],
+                       baseline=seed_net if scfg.scheme == "C" else None,
+                       generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    synth = ScannSynthesis(net, scfg, data, seed=cfg.seed)
+    synth.run()
+    return {"fold": fold, "n": len(va), "baseline_acc": base_fig["val_acc"],
+            "acc": [r["val_acc"] for r in synth.history], "params": [r["params"] for r in synth.history]}
+
+
+def _cv_choice(cfg: ScannTrialConfig, synth: ScannSynthesis, folds: list[dict[str, Any]],
+               reference_acc: float) -> tuple[Any, bool, list[dict[str, Any]], float]:
+    """The most compressed checkpoint within ``tolerance`` on both the pooled out-of-fold accuracy
+    and the main validation split; ``(checkpoint, met, cv rows, baseline out-of-fold accuracy)``."""
+    n = sum(f["n"] for f in folds)
+    base = sum(f["baseline_acc"] * f["n"] for f in folds) / n
+    rows, eligible = [], []
+    for ck in synth.checkpoints:
+        acc = sum(f["acc"][ck.iteration] * f["n"] for f in folds) / n
+        ok = acc >= base - cfg.tolerance - 1e-12 and ck.val_acc >= reference_acc - cfg.tolerance - 1e-12
+        rows.append({"iteration": ck.iteration, "params": ck.params, "val_acc": ck.val_acc, "cv_acc": acc,
+                     "cv_baseline_acc": base, "eligible": int(ok),
+                     **{f"fold{f['fold']}_acc": f["acc"][ck.iteration] for f in folds},
+                     **{f"fold{f['fold']}_params": f["params"][ck.iteration] for f in folds}})
+        if ok:
+            eligible.append((ck, acc))
+    if not eligible:
+        return synth.best, False, rows, base
+    ck, _ = min(eligible, key=lambda e: (e[0].params, -e[1], -e[0].val_acc))
+    return ck, True, rows, base
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -399,7 +475,7 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
         cost_fn = network_cost
 
     synth = ScannSynthesis(net, scfg, data, seed=cfg.seed, reference_acc=baseline["val_acc"],
-                           tolerance=cfg.tolerance, cost_fn=cost_fn)
+                           tolerance=cfg.tolerance, cost_fn=cost_fn, keep_all=bool(cfg.select_folds))
     if state.get("synth") is not None:
         synth.load_state_dict(state["synth"])
         set_rng_state(state["rng"])
@@ -423,8 +499,25 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
             ctx.run.save_checkpoint({"stage": "scann", "synth": synth.state_dict(), "rng": rng_state(),
                                      "elapsed": elapsed + time.time() - t_start})
 
+    # ---- the size by cross-validation (optional) ----
+    cv_folds: list[dict[str, Any]] = list(state.get("cv", []))
+    cv_base = cv_acc = None
+    if cfg.select_folds:
+        with ctx.bar(cfg.select_folds, "size by cross-validation", cfg.progress) as bar:
+            bar.update(len(cv_folds))
+            while len(cv_folds) < cfg.select_folds:
+                cv_folds.append(_cv_fold(cfg, prep, len(cv_folds), device))
+                bar.update(1)
+                ctx.run.save_checkpoint({"stage": "scann", "synth": synth.state_dict(), "rng": rng_state(),
+                                         "cv": cv_folds, "elapsed": elapsed + time.time() - t_start})
+        chosen, met, cv_rows, cv_base = _cv_choice(cfg, synth, cv_folds, baseline["val_acc"])
+        for r in cv_rows:
+            ctx.run.append("cv", r)
+        cv_acc = next(r["cv_acc"] for r in cv_rows if r["iteration"] == chosen.iteration)
+    else:
+        chosen, met = synth.selected(cfg.select)
+
     # ---- export the selected checkpoint ----
-    chosen, met = synth.selected(cfg.select)
     final = FeedForwardNet.from_snapshot(chosen.snapshot)
     exported = export_network(final, prep["feature_names"])
     summary_arch = {"method": "scann", "dataset": cfg.dataset, "mode": prep["mode"], "scheme": scfg.scheme,
@@ -466,6 +559,10 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "flops_reduction": baseline["flops"] / max(chosen.flops, 1),
         "selected_iteration": chosen.iteration,
         "mc_met": int(met),
+        "select_folds": cfg.select_folds,
+        # the accuracy estimates the choice was made on: out-of-fold (select_folds) or validation
+        "selection_baseline_acc": cv_base if cv_base is not None else baseline["val_acc"],
+        "selection_acc": cv_acc if cv_acc is not None else chosen.val_acc,
         **_figures("baseline", baseline),
         "baseline_fc_params": baseline.get("fc_params", baseline["params"]),
         "dr_ratio": dr["ratio"] if dr is not None else 1.0,
