@@ -43,8 +43,9 @@ Sec. II and IV-A).  What is implemented, and how it differs from NNI 3.0's built
   ``T``.  The hinge is zero inside the budget (there cross-entropy alone chooses, as in the
   paper), and above it is an exact penalty of ``E[C] <= T``: convex in the path probabilities,
   its gradient does not vanish at the boundary, so a large ``cost_weight`` holds ``E[C]`` at the
-  target.  The constraint is on the expectation; the exported argmax path can differ from it
-  (the tests bound the gap on a small net).
+  target.  The constraint is on the expectation; the exported argmax path can differ from it:
+  while alpha is still soft it undershoots (the cost gradient raises every block's cheapest
+  candidate most), and it approaches ``E[C]`` only as the distributions sharpen over a long search.
 * **Export** is the argmax path of every block: deterministic (NNI 3.0's ``export()``
   resamples at random).
 * **Search exit** (the paper asks for one and gives none, Sec. IV-B): :class:`SearchExit` fires

@@ -140,9 +140,11 @@ def _data(n, seed):
 
 
 def test_search_with_flops_target_lands_at_or_below_the_target():
-    """cost_target 1/3, as in the survey's comparison.  Without the term this search exports an
-    architecture above the target (about 0.56 of the baseline FLOPs with this seed); with a linear
-    term it would drive E[FLOPs] to the cheapest architecture (0.14), not hold it at the target."""
+    """cost_target 1/3, as in the survey's comparison.  Both checks can fail: with this seed and no
+    cost term the search ends at E[FLOPs] = 0.52 of the baseline and exports 0.37 (> 1.1/3); the
+    paper-style linear term (cost_weight 10 or 1, no target) drives E[FLOPs] to 0.20 / 0.24, below
+    the 0.7/3 floor, instead of holding it at the target.  The exported argmax undershoots here
+    (about 0.14-0.18): alpha is still soft after 6 epochs (see strategies/proxyless.py)."""
     layout = _small()
     target = 1 / 3
     cfg = ProxylessConfig(search_epochs=6, arch_lr=0.05, cost_term="flops", cost_weight=10.0, cost_target=target)
