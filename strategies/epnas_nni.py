@@ -28,9 +28,18 @@ Robustness
   ``<experiment dir>/epnas_tuner_state.pt``); on start an existing file is loaded, so ``nnictl
   resume`` continues the search; trials that were running are proposed again.
 
-Constraints that no architecture can satisfy are rejected when the tuner starts (and by
-``python -m strategies.epnas_nni CONFIG.yml``, which checks a config before launching and prints
-the ``maxTrialNumber`` it implies: ``episodes * steps * branches``).
+* ``nnictl resume``: the trials NNI itself re-runs (those that were running at ``nnictl stop``) are
+  taken over, not proposed again, and their results and ends reach the controller as usual (see
+  :meth:`EpnasTuner._adopt_recovered`); finished trials NNI replays through ``import_data`` are
+  ignored, except a result the stopped tuner had not yet received.
+
+Bad ``classArgs`` and constraints that no architecture can satisfy: NNI 3.0 runs no validation
+hook for a customized tuner's ``classArgs`` during ``nnictl create`` (``ClassArgsValidator`` is
+only consulted by the legacy v1 launcher, for registered built-in algorithms), so ``nnictl create``
+cannot refuse them.  Check a config before launching with ``python -m strategies.epnas_nni
+CONFIG.yml`` (exit 2 with one line; it also prints the ``maxTrialNumber`` it implies: ``episodes *
+steps * branches``).  Under nnictl the tuner checks them as soon as it is connected and reports
+the one-line problem to the manager: the experiment goes to ``ERROR`` before any trial starts.
 """
 from __future__ import annotations
 
@@ -39,26 +48,44 @@ import difflib
 import logging
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
-from search_spaces.epnas import SpaceConfig, arch_to_json, check_constraints_feasible
-from search_spaces.files import atomic_torch_save
 from search_spaces.errors import UserError, exit_on_error
 
-from .epnas import EpnasConfig, EpnasController, constraints_of
-from .search_baselines import BASELINES
+# Nothing heavy at import: nnictl starts the tuner with ``python -m nni`` and gives it 10 s to connect
+# (nni_node/core/tuner_command_channel.js), which NNI's own imports already half use on a busy machine.
+# torch, the search space and the controller are imported on first use, after the tuner has connected.
 
-__all__ = ["EpnasTuner", "EpnasStrategy", "TunerSettings", "build_search", "max_trials", "check_class_args", "main"]
+__all__ = ["EpnasTuner", "EpnasStrategy", "TunerSettings", "build_search", "max_trials", "check_class_args", "check_settings_feasible",
+           "main"]
 
 _log = logging.getLogger(__name__)
 STATE_NAME = "epnas_tuner_state.pt"
 _SPACE_FIELDS = ("max_layers", "max_branches", "stem_channels", "cell_channels", "cells_per_stage", "stages",
                  "min_spatial")
 _CONSTRAINT_FIELDS = ("params_min", "params_max", "flops_min", "flops_max", "intensity_min", "intensity_max")
+_TOP_FIELDS = ("space", "algorithm", "state_file", "input_shape", "num_classes", "population", "tournament")
+
+
+def _epnas_config():
+    from .epnas import EpnasConfig
+
+    return EpnasConfig()
+
+
+def _space_config():
+    from search_spaces.epnas import SpaceConfig
+
+    return SpaceConfig()
+
+
+def _algorithms() -> tuple[str, ...]:
+    from .search_baselines import BASELINES
+
+    return ("epnas", *BASELINES)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,19 +99,22 @@ class TunerSettings:
     num_classes: int = 10
     population: int = 16                              # regularized evolution only
     tournament: int = 4
-    controller: EpnasConfig = EpnasConfig()
-    space_config: SpaceConfig = SpaceConfig()
+    controller: EpnasConfig = dataclasses.field(default_factory=_epnas_config)
+    space_config: SpaceConfig = dataclasses.field(default_factory=_space_config)
 
     def __post_init__(self):
-        if self.algorithm not in ("epnas", *BASELINES):
-            raise UserError(f"unknown algorithm {self.algorithm!r}; valid: epnas, {', '.join(BASELINES)}")
+        if self.algorithm not in _algorithms():
+            raise UserError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(_algorithms())}")
 
 
 def check_class_args(args: Mapping[str, Any]) -> TunerSettings:
     """``classArgs`` -> :class:`TunerSettings`; an unknown key is a one-line error naming it."""
+    from search_spaces.epnas import SpaceConfig
+
+    from .epnas import EpnasConfig
+
     ctl_fields = {f.name for f in dataclasses.fields(EpnasConfig)}
-    top = {"space", "algorithm", "state_file", "input_shape", "num_classes", "population", "tournament"}
-    valid = top | ctl_fields | set(_SPACE_FIELDS)
+    valid = set(_TOP_FIELDS) | ctl_fields | set(_SPACE_FIELDS)
     for key in args:
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=1)
@@ -104,6 +134,16 @@ def check_class_args(args: Mapping[str, Any]) -> TunerSettings:
                          tournament=int(args.get("tournament", 4)), controller=ctl, space_config=space)
 
 
+def check_settings_feasible(settings: TunerSettings) -> None:
+    """:class:`UserError` when no architecture of the space can meet the constraints."""
+    from search_spaces.epnas import check_constraints_feasible
+
+    from .epnas import constraints_of
+
+    check_constraints_feasible(constraints_of(settings.controller), settings.space_config, settings.input_shape,
+                               settings.num_classes)
+
+
 def max_trials(settings: TunerSettings) -> int:
     """``maxTrialNumber`` for the YAML: episodes x steps x branches."""
     c = settings.controller
@@ -112,8 +152,10 @@ def max_trials(settings: TunerSettings) -> int:
 
 def build_search(settings: TunerSettings):
     """The ask/tell search object for ``settings.algorithm`` (after the feasibility check)."""
-    check_constraints_feasible(constraints_of(settings.controller), settings.space_config, settings.input_shape,
-                               settings.num_classes)
+    from .epnas import EpnasController
+    from .search_baselines import BASELINES
+
+    check_settings_feasible(settings)
     if settings.algorithm == "epnas":
         return EpnasController(settings.controller, settings.space_config)
     if settings.algorithm == "evolution":
@@ -123,6 +165,8 @@ def build_search(settings: TunerSettings):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    from search_spaces.files import atomic_torch_save
+
     atomic_torch_save(obj, path)
 
 
@@ -131,34 +175,87 @@ def _default_state_file() -> Path:
     return (Path(log_dir).parent if log_dir else Path.cwd()) / STATE_NAME
 
 
+def _calling_dispatcher():
+    """The NNI ``MsgDispatcher`` whose command handler is calling the tuner (None outside nnictl).
+
+    NNI 3.0 gives a tuner no handle on its dispatcher, yet two things need it: reporting a fatal
+    error to the manager (``report_error``, what ``nni/__main__.py`` does when the dispatcher
+    crashes) and taking over the trials ``nnictl resume`` re-runs (``recovered_trial_params``)."""
+    try:
+        from nni.runtime.msg_dispatcher_base import MsgDispatcherBase
+    except ImportError:  # pragma: no cover - NNI is a dependency
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, MsgDispatcherBase):
+            return obj
+        frame = frame.f_back
+    return None
+
+
 def _tuner_base():
     from nni.tuner import Tuner
 
     return Tuner
 
 
+def _locked(method):
+    """NNI calls a tuner from two threads (trial ends on the assessor queue's, everything else on
+    the default queue's): one lock keeps the controller and its state file consistent."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class EpnasTuner(_tuner_base()):
     """NNI customized tuner wrapping the EPNAS controller (or a baseline).  ``classArgs`` are
     :class:`TunerSettings` keys, the :class:`strategies.epnas.EpnasConfig` fields and the space
-    fields (``max_layers`` ...)."""
+    fields (``max_layers`` ...).
+
+    Inside nnictl the constructor only stores ``classArgs`` (the tuner must connect within 10 s);
+    they are checked -- unknown keys, bad values, constraints no architecture can meet -- when the
+    manager initializes the tuner, right after it connected and before any trial is requested.  A
+    problem is then reported to the NNI manager as one line: the experiment goes to ``ERROR`` at
+    once, no trial starts, and the line is in the web UI's Dispatcher and NNIManager logs
+    (``<experiment dir>/log/dispatcher.log``, ``nnimanager.log``).  Outside nnictl the
+    constructor checks everything right away."""
 
     def __init__(self, **class_args: Any):
         # classArgs arrive as keyword arguments; check_class_args rejects unknown ones by name
-        self.settings = check_class_args(class_args)
-        self.state_file = Path(self.settings.state_file) if self.settings.state_file else _default_state_file()
+        self.class_args = dict(class_args)
+        self._settings: TunerSettings | None = None
         self.param_keys: dict[int, str] = {}
         self.owed = 0                 # trials NNI asked for while no branch was idle
         self._st_callback = None
         self._ready: list[tuple[str, dict, dict]] = []
         self._search = None
+        self._lock = threading.RLock()
+        self._dispatcher = None
+        self._adopted = False
+        self.resumed_from: int | None = None   # trials known from the state file at start, if any
         if os.environ.get("NNI_LOG_DIRECTORY") is None:
-            _ = self.search  # outside nnictl: check constraints / load state right away
+            _ = self.search  # outside nnictl: check classArgs and constraints / load state right away
+
+    @property
+    def settings(self) -> TunerSettings:
+        if self._settings is None:
+            self._settings = check_class_args(self.class_args)
+        return self._settings
+
+    @property
+    def state_file(self) -> Path:
+        s = self.class_args.get("state_file")
+        return Path(s) if s else _default_state_file()
 
     @property
     def search(self):
-        """The controller, built (feasibility check, saved state loaded) on first use: inside
-        nnictl the tuner must connect to the manager within 10 s of starting, so __init__ stays
-        light and an unsatisfiable constraint fails the first trial request (dispatcher.log)."""
+        """The controller, built (classArgs and feasibility checks, saved state loaded) on first use."""
         if self._search is None:
             self._search = build_search(self.settings)
             if self.state_file.exists():
@@ -168,6 +265,8 @@ class EpnasTuner(_tuner_base()):
     # ---- state -----------------------------------------------------------------------------
 
     def _load(self) -> None:
+        import torch
+
         try:
             blob = torch.load(self.state_file, weights_only=True)
             self.search.load_state_dict(blob["search"])
@@ -178,7 +277,9 @@ class EpnasTuner(_tuner_base()):
             warnings.warn(f"could not resume from {self.state_file} ({type(exc).__name__}: {exc}); starting fresh",
                           RuntimeWarning, stacklevel=2)
             return
-        _log.info("EPNAS tuner resumed from %s (%d trials known)", self.state_file, len(self.search.records))
+        self.resumed_from = len(self.search.records)
+        _log.info("EPNAS tuner resumed from %s (%d trials known, episode %d)", self.state_file,
+                  len(self.search.records), getattr(self.search, "episode", -1))
 
     def save(self) -> None:
         _atomic_save({"version": 1, "algorithm": self.settings.algorithm, "search": self.search.state_dict(),
@@ -186,10 +287,58 @@ class EpnasTuner(_tuner_base()):
 
     # ---- NNI callbacks ---------------------------------------------------------------------
 
+    @_locked
     def update_search_space(self, search_space) -> None:
-        pass  # the space is defined by classArgs; searchSpace in the YAML may be empty
+        # The space is defined by classArgs (searchSpace in the YAML is unused).  NNI sends this
+        # first, right after the tuner connected: the place to check classArgs and constraints.
+        self._dispatcher = self._dispatcher or _calling_dispatcher()
+        try:
+            _ = self.search
+        except UserError as exc:
+            message = f"EPNAS tuner: {exc}"
+            _log.error(message)
+            if self._dispatcher is not None:
+                self._dispatcher.report_error(message)   # -> experiment status ERROR, no trial starts
+            raise UserError(message) from None
+
+    def _adopt_recovered(self) -> None:
+        """Take over the trials ``nnictl resume`` re-runs itself.
+
+        On resume NNI re-submits the trials that were WAITING/RUNNING when it stopped, with their
+        old parameters (``nni_node/core/nnimanager.js`` ``addRecoveredTrialJob``), tells the
+        dispatcher their parameter ids (``handle_add_customized_trial``), and from then on feeds
+        their results to ``import_data`` and drops their ``trial_end`` (``is_created_in_previous_exp``).
+        So: they are not proposed again (no duplicate trial keys), and the dispatcher is made to
+        route their results and ends here like any other trial's, so a failed one is not waited for
+        forever."""
+        if self._adopted:
+            return
+        self._adopted = True
+        d = self._dispatcher
+        recovered = dict(getattr(d, "recovered_trial_params", None) or {})
+        if not recovered:
+            return
+        from nni.runtime import msg_dispatcher
+
+        keys = set()
+        for pid, params in recovered.items():
+            key = self._key_of(pid, params if isinstance(params, Mapping) else None)
+            if key is None:
+                continue
+            keys.add(key)
+            self.param_keys[int(pid)] = key
+            msg_dispatcher._trial_params[int(pid)] = params
+        d.recovered_max_param_id = -1
+        requeue = getattr(self.search, "requeue", None)
+        if requeue is not None:
+            self.search.requeue = [k for k in requeue if k not in keys]
+        self._ready = [r for r in self._ready if r[0] not in keys]
+        _log.info("EPNAS tuner: NNI re-runs %d trials of the stopped run (%s); not proposed again",
+                  len(keys), ", ".join(sorted(keys)))
 
     def _parameters(self, key: str, arch: dict, meta: dict) -> dict[str, Any]:
+        from search_spaces.epnas import arch_to_json
+
         s = self.settings
         params: dict[str, Any] = {"arch": arch_to_json(arch), "space": s.space, "algorithm": s.algorithm, **meta}
         params.update({k: getattr(s.space_config, k) for k in _SPACE_FIELDS})
@@ -206,17 +355,21 @@ class EpnasTuner(_tuner_base()):
         self.param_keys[int(parameter_id)] = key
         return self._parameters(key, arch, meta)
 
+    @_locked
     def generate_parameters(self, parameter_id, **kwargs):
         from nni import NoMoreTrialError
 
+        self._adopt_recovered()
         params = self._next(parameter_id)
         self.save()
         if params is None:
             raise NoMoreTrialError("no EPNAS branch is idle")
         return params
 
+    @_locked
     def generate_multiple_parameters(self, parameter_id_list, **kwargs):
         self._st_callback = kwargs.get("st_callback") or self._st_callback
+        self._adopt_recovered()
         out = []
         for pid in parameter_id_list:
             params = self._next(pid)
@@ -248,6 +401,7 @@ class EpnasTuner(_tuner_base()):
             return f"t{parameters['trial']:05d}"
         return self.param_keys.get(int(parameter_id)) if parameter_id is not None else None
 
+    @_locked
     def receive_trial_result(self, parameter_id, parameters, value, **kwargs) -> None:
         key = self._key_of(parameter_id, parameters)
         metrics = dict(value) if isinstance(value, Mapping) else {"default": value}
@@ -257,6 +411,7 @@ class EpnasTuner(_tuner_base()):
         self._pay_owed()
         self.save()
 
+    @_locked
     def trial_end(self, parameter_id, success, **kwargs) -> None:
         key = self.param_keys.get(int(parameter_id)) if parameter_id is not None else None
         # A trial reports its final metric before its process exits, so a trial that ends without
@@ -268,13 +423,17 @@ class EpnasTuner(_tuner_base()):
         self._pay_owed()
         self.save()
 
+    @_locked
     def import_data(self, data) -> None:
+        # nnictl resume replays every finished trial here: known ones are ignored by the controller,
+        # a result that reached NNI but not the stopped tuner is recorded now
         for entry in data or []:
             params, value = entry.get("parameter") or {}, entry.get("value")
             key = self._key_of(None, params)
             reward = value.get("default") if isinstance(value, Mapping) else value
             if key is not None and reward is not None:
                 self.search.tell(key, float(reward), value if isinstance(value, Mapping) else None)
+        self._pay_owed()
         self.save()
 
 
@@ -377,8 +536,7 @@ def _main(argv: list[str]) -> int:
     if tuner.get("className") != "strategies.epnas_nni.EpnasTuner":
         raise UserError(f"{path}: tuner.className must be strategies.epnas_nni.EpnasTuner")
     settings = check_class_args(tuner.get("classArgs") or {})
-    check_constraints_feasible(constraints_of(settings.controller), settings.space_config, settings.input_shape,
-                               settings.num_classes)
+    check_settings_feasible(settings)
     n = max_trials(settings)
     if config.get("maxTrialNumber") not in (None, n):
         raise UserError(f"{path}: maxTrialNumber {config['maxTrialNumber']} != episodes x steps x branches = {n}")
