@@ -78,13 +78,14 @@ class GroupLassoConfig:
     """SSL settings.  Wen et al. give no numbers for these CIFAR ResNets: the initial strength,
     the threshold and the controller are our choice."""
 
-    strength: float = 1e-4          # initial lambda (one lambda for filter- and channel-wise groups)
+    strength: float = 1e-3          # initial lambda (one lambda for filter- and channel-wise groups)
     controller: bool = True         # per-epoch multiplicative lambda controller toward the target
     lambda_factor: float = 1.5      # lambda *= factor when the kept net is over the target, /= when under
     tolerance: float = 0.02         # no change while est_flops is within target * (1 - tol, 1]
     lambda_max: float = 1.0
-    threshold: float = 1e-2         # a filter / input channel whose L2 group norm is below it is removed
-    fit_threshold: bool = False     # True: export raises the threshold until the target is met (deviation)
+    threshold: float = 1e-2         # remove a structure whose group norm is under it (see GroupLassoCompressor)
+    bn_in_group: bool = True        # a filter's group also holds its BN scale and shift (deviation, see below)
+    fit_threshold: bool = False     # True: export picks the threshold (>= 0) that keeps the most while meeting the target
 
     def __post_init__(self):
         _positive(self, "strength", "lambda_factor", "lambda_max", "threshold")
@@ -325,6 +326,13 @@ def group_norms(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.linalg.vector_norm(weight, dim=(1, 2, 3)), torch.linalg.vector_norm(weight, dim=(0, 2, 3)))
 
 
+def _relative(norms: torch.Tensor) -> torch.Tensor:
+    """Group norms divided by their quadratic mean over the layer (``norm * sqrt(n) / ||W||_F``).
+    A conv followed by BatchNorm computes the same function at any weight scale, and group lasso
+    shrinks every group of it, so only norms relative to the layer say which structures died."""
+    return norms / norms.pow(2).mean().sqrt().clamp_min(1e-12)
+
+
 # ---------------------------------------------------------------------------------------- compressors
 class _Compressor:
     """Shared loop: a full :class:`CompactNet` trained with SGD (momentum, cosine to 0 over
@@ -493,8 +501,15 @@ class GroupLassoCompressor(_Compressor):
     input) of its input channels.  A group channel is removed when all its producers' filters,
     or all its consumers' input channels (the head's column included, which is not regularised),
     are under the threshold: score = min(max producer filter norm, max consumer channel norm).
-    Deviation: removing a zero filter drops its BatchNorm shift too (the constant it would feed
-    on); the threshold (not exact zeros, plain SGD as in SSL) decides.
+
+    Deviation (``bn_in_group``, default on): SSL's nets regularise conv weights only, but a conv
+    followed by BatchNorm computes the same function at any weight scale, so the penalty just
+    shrinks all its weights alike and no filter dies (what we saw on digits); a filter's group
+    therefore also holds its BN scale and shift, ``sqrt(||W_n||^2 + gamma_n^2 + beta_n^2)``, so a
+    zero group is exactly a dead channel and the threshold is absolute.  Input-channel groups (and
+    filter groups with ``bn_in_group=False``) are compared relative to their layer's RMS group
+    norm (:func:`_relative`) for the same reason.  Plain SGD as in SSL (no proximal step): the
+    threshold, not exact zeros, decides.
     """
 
     method = "group_lasso"
@@ -503,26 +518,39 @@ class GroupLassoCompressor(_Compressor):
     def _setup(self):
         self.lam = float(self.cfg.strength)
 
+    def _norms(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        conv, bn = self.net.convs[name]
+        fn, cn = group_norms(conv.weight)
+        if self.cfg.bn_in_group:
+            fn = torch.sqrt(fn * fn + bn.weight * bn.weight + bn.bias * bn.bias)
+        return fn, cn
+
     def _reg(self, t):
         total = torch.zeros((), device=self.device)
         for c in self.layout.convs():
-            fn, cn = group_norms(self.net.convs[c.name][0].weight)
+            fn, cn = self._norms(c.name)
             total = total + fn.sum() + (cn.sum() if c.cin != INPUT else 0.0)
         return total, self.lam
 
     def _scores(self):
+        norms = {name: self._norms(name) for name in self.net.convs}
+        # filter groups with the BN affine are absolute (a zero group is a dead channel); pure
+        # conv-weight groups and input-channel groups are scale-free under BN: relative
+        filt = {n: (f if self.cfg.bn_in_group else _relative(f)) for n, (f, _) in norms.items()}
+        rel = {n: _relative(c) for n, (_, c) in norms.items()}
         out = {}
         for g in self.layout.groups:
-            prod = torch.stack([group_norms(self.net.convs[p][0].weight)[0] for p in self.producers[g]]).amax(0)
-            cons = [group_norms(self.net.convs[c][0].weight)[1] for c in self.consumers[g]]
+            prod = torch.stack([filt[p] for p in self.producers[g]]).amax(0)
+            cons = [rel[c] for c in self.consumers[g]]
             if g == self.layout.head:
-                cons.append(torch.linalg.vector_norm(self.net.head.weight, dim=0))
+                cons.append(_relative(torch.linalg.vector_norm(self.net.head.weight, dim=0)))
             out[g] = torch.minimum(prod, torch.stack(cons).amax(0)).cpu() if cons else prod.cpu()
         return out
 
     def _threshold(self):
-        hi = math.inf if self.cfg.fit_threshold else self.cfg.threshold
-        return _fit_threshold(self.cost, self._scores(), self.target_flops, self.cfg.threshold, hi)
+        if self.cfg.fit_threshold:
+            return _fit_threshold(self.cost, self._scores(), self.target_flops, 0.0, math.inf)
+        return _fit_threshold(self.cost, self._scores(), self.target_flops, self.cfg.threshold, self.cfg.threshold)
 
     def _after_epoch(self, est):
         if not self.cfg.controller:
@@ -545,7 +573,8 @@ class GroupLassoCompressor(_Compressor):
     def _notes(self):
         return ("SSL filter+channel group lasso (Wen et al. 2016); lambda tuned per epoch toward the FLOPs "
                 "target (our controller); structures with L2 norm under the threshold removed"
-                + ("; threshold raised at export to meet the target" if self.cfg.fit_threshold else ""))
+                + ("; export threshold fitted to keep the most channels that meet the target"
+                   if self.cfg.fit_threshold else ""))
 
 
 class MorphNetCompressor(_Compressor):

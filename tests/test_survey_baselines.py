@@ -120,16 +120,23 @@ def test_group_lasso_norm_has_the_square_root():
     fn2, _ = group_norms(2 * w)
     torch.testing.assert_close(fn2, 2 * fn)        # a norm, not a sum of squares
     # the compressor's regulariser is the sum of these over every conv (no input-channel term on the stem)
-    comp = make_compressor("group_lasso", tiny_layout(), target_flops=10**5, input_shape=SHAPE, seed=0, epochs=2)
-    reg, lam = comp._reg(0.0)
-    hand = 0.0
-    for c in comp.layout.convs():
-        wt = comp.net.convs[c.name][0].weight.detach()
-        hand += sum(math.sqrt(float((wt[n] ** 2).sum())) for n in range(wt.shape[0]))
-        if c.cin != "input":
-            hand += sum(math.sqrt(float((wt[:, i] ** 2).sum())) for i in range(wt.shape[1]))
-    assert float(reg.detach()) == pytest.approx(hand, rel=1e-5)
-    assert lam == GroupLassoConfig().strength
+    for bn_in_group in (False, True):
+        comp = make_compressor("group_lasso", tiny_layout(), target_flops=10**5, input_shape=SHAPE, seed=0,
+                               epochs=2, config_overrides={"bn_in_group": bn_in_group})
+        with torch.no_grad():
+            for mod in comp.net.convs.values():
+                mod[1].bias.uniform_(-1, 1)
+        reg, lam = comp._reg(0.0)
+        hand = 0.0
+        for c in comp.layout.convs():
+            wt = comp.net.convs[c.name][0].weight.detach()
+            bn = comp.net.convs[c.name][1]
+            extra = (bn.weight.detach() ** 2 + bn.bias.detach() ** 2) if bn_in_group else torch.zeros(wt.shape[0])
+            hand += sum(math.sqrt(float((wt[n] ** 2).sum() + extra[n])) for n in range(wt.shape[0]))
+            if c.cin != "input":
+                hand += sum(math.sqrt(float((wt[:, i] ** 2).sum())) for i in range(wt.shape[1]))
+        assert float(reg.detach()) == pytest.approx(hand, rel=1e-5)
+        assert lam == GroupLassoConfig().strength
     reg.backward()                                   # finite gradients even for a zero group
     with torch.no_grad():
         comp.net.convs["stem"][0].weight[0] = 0
@@ -156,7 +163,7 @@ def test_vd_layer_log_alpha_and_drop_rule():
     la = conv.log_alpha()
     hand = torch.clamp(conv.log_sigma2 - torch.log(conv.weight ** 2 + 1e-8), -8, 8)
     torch.testing.assert_close(la, hand)
-    assert float(la.max()) <= 8 and (conv.sparse_weight()[0] == 0).all()
+    assert float(la.detach().max()) <= 8 and (conv.sparse_weight()[0] == 0).all()
     assert float(comp._scores()["stage1"][0]) <= -1 / 3     # stem is one of stage1's 3 producers
 
 
@@ -285,3 +292,18 @@ def test_published_rows():
     for key in ("cifar10/resnet32", "cifar100/resnet50"):
         assert PUBLISHED[(key, "group_lasso")]["mflops"] == pytest.approx(PUBLISHED[(key, "baseline")]["mflops"] / 3,
                                                                           rel=0.05)
+
+
+@pytest.mark.parametrize("method", ["group_lasso", "variational_dropout"])
+def test_export_keeping_everything_matches_the_trained_net(method):
+    layout = tiny_layout()
+    full = WidthCost(layout, SHAPE).full_flops
+    comp = make_compressor(method, layout, target_flops=full, input_shape=SHAPE, seed=0, epochs=2,
+                           config_overrides={"controller": False} if method == "group_lasso" else {})
+    comp.train_epoch(0, loader(n=32))
+    net, arch, info = comp.export()
+    assert info["reached"] and info["deviation"] == 0 and arch["widths"] == dict(layout.groups)
+    x = torch.randn(4, *SHAPE)
+    comp.net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), comp.net(x))
