@@ -235,6 +235,7 @@ def test_tuner_takes_over_trials_nnictl_resume_reruns(tmp_path, monkeypatch):
     from nni.runtime import msg_dispatcher
 
     _nnictl_env(monkeypatch, tmp_path)
+    monkeypatch.setattr(msg_dispatcher, "_trial_params", {})   # the dispatcher's module-global table
     args = dict(space="layer", branches=2, episodes=2, steps=1, max_layers=4, input_shape=[1, 8, 8],
                 state_file=str(tmp_path / "s.pt"), seed=1)
     first = EpnasTuner(**args)
