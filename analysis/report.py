@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from . import epnas, growth, proxyless, scann
+from . import epnas, growth, proxyless, scann, survey
 from .io import AnalysisError, Run, is_run_dir, load_run, load_runs
 from .output import Output, format_table, save_csv, save_figure
 from .plots import plot_curves
@@ -67,6 +67,13 @@ def _file_reports(method: str, run_fn=None, study_fn=None) -> None:
 _file_reports("growth", growth.report_run, growth.report_study)
 _file_reports("epnas", None, epnas.report_study)
 _file_reports("scann", None, scann.report)
+
+
+def _survey_study(runs: Sequence[Run], out: Path) -> Output:
+    return survey.report_study([r.path for r in runs if r.method == survey.METHOD], out)
+
+
+register(survey.METHOD, study=_survey_study)
 
 
 # ---- generic ------------------------------------------------------------------------------

@@ -94,12 +94,14 @@ def count_train_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
                       loss_fn: Callable | None = None) -> int:
     """FLOPs of one real training step's forward + backward on this batch (whole batch).
 
-    The model runs in its current mode; gradients are computed and then cleared again so the
-    caller's optimizer state is not touched.
+    The model runs in its current mode; gradients are computed and then cleared again, and the
+    buffers (BatchNorm running statistics, which a train-mode forward updates) are restored, so
+    counting leaves the model exactly as it was (a resumed run then matches an uninterrupted one).
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [None if p.grad is None else p.grad.clone() for p in params]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
 
     def step():
         loss = loss_fn(model(inputs), targets)
@@ -108,6 +110,9 @@ def count_train_flops(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
     total = _flops_of(step)
     for p, g in zip(params, saved):
         p.grad = g
+    with torch.no_grad():
+        for b, old in buffers:
+            b.copy_(old)
     return total
 
 

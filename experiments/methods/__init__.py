@@ -33,7 +33,7 @@ def get_method(name: str) -> Method:
 
 
 def _register_builtin() -> None:
-    from . import epnas, growth, proxyless, scann
+    from . import epnas, growth, proxyless, scann, survey
 
     register(Method("proxyless", proxyless.ProxylessTrialConfig, proxyless.run,
                     "customized ProxylessNAS over a ResNet-50 search scope (+ retrain)"))
@@ -43,6 +43,8 @@ def _register_builtin() -> None:
                     "EPNAS: one proxy-trained morphed network per trial (the tuner is the controller)"))
     register(Method("scann", scann.ScannTrialConfig, scann.run,
                     "SCANN / DR+SCANN grow-and-prune synthesis of feed-forward networks"))
+    register(Method("survey", survey.SurveyTrialConfig, survey.run,
+                    "the compact-search survey: one method (or the baseline) at a FLOPs target"))
 
 
 _register_builtin()

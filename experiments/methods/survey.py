@@ -1,0 +1,507 @@
+"""Trial runner for the compact-search survey: one trial = one method at the FLOPs target.
+
+Paper: ``../shared/seeds/000_c349d282987e7307.txt`` (State of Compact Architecture Search for
+Deep Neural Networks).  The survey takes one baseline network per data set (ResNet-32 on
+CIFAR-10, ResNet-50 on CIFAR-100), sets the FLOPs target to one third of the baseline's and
+reports, per method, FLOPs, parameters and top-1 (Table 1), noting how far each landed from the
+target.  We make it executable, with our methods in it.  ``variant`` picks the row:
+
+* ``baseline`` - the baseline network, trained for ``epochs + finetune_epochs``;
+* ``group_lasso``, ``morphnet``, ``variational_dropout`` - the survey's baselines
+  (:mod:`strategies.survey`): ``epochs`` of regularised training, export with channels removed,
+  ``finetune_epochs`` of fine-tuning (MorphNet: its expanded network is trained from scratch,
+  as MorphNet does, for ``epochs + finetune_epochs``);
+* ``growth`` - continuation growth (paper 001) with a FLOPs budget of target / baseline:
+  ``epochs`` of growing + ``finetune_epochs`` (delegates to :mod:`experiments.methods.growth`);
+* ``proxyless`` - ProxylessNAS binary gates (paper 003) over a per-block width/skip space of the
+  same baseline (:mod:`search_spaces.layout_choice`) with the expected-FLOPs term aimed at the
+  target; the derived network is trained from scratch for ``epochs + finetune_epochs``;
+* ``epnas`` - EPNAS (paper 004) in its layer-by-layer space with ``flops_max`` = target,
+  ``epnas_episodes x steps x branches`` proxy-trained networks; the best is trained from scratch
+  for ``epochs + finetune_epochs``;
+* ``scann`` - SCANN (paper 002) where it applies: it synthesises feed-forward networks, so it
+  runs on ``digits`` as a table (64 pixel features); other data sets are an error (exit 2);
+* ``gensynth`` - Generative Synthesis has no public algorithm: the row holds the survey's
+  published numbers (:data:`strategies.survey.PUBLISHED`), marked ``source: published``.
+
+So every *final* network is trained for the same ``epochs + finetune_epochs`` epochs; what a
+method spends before that is its search cost, reported as ``search_time_s`` (and training FLOPs
+where they can be counted).  Every trial reports the same numeric keys (``top1``, ``params``,
+``flops``, ``target_flops``, ``target_deviation`` = flops / target - 1, ``reached``, times ...).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from search_spaces import cost as costmodel
+from search_spaces.errors import UserError
+from search_spaces.growth_spaces import FAMILIES, build_compact, full_arch, make_layout
+from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
+
+from ..data import make_loaders
+from ..harness import CommonConfig, RunContext, load_images, reseed_loader, resolve_device, rng_state, set_rng_state
+from ..runfolder import atomic_torch_save
+
+__all__ = ["SurveyTrialConfig", "VARIANTS", "OURS", "SURVEY_BASELINES", "run"]
+
+SURVEY_BASELINES = ("group_lasso", "morphnet", "variational_dropout", "gensynth")
+OURS = ("growth", "proxyless", "epnas", "scann")
+VARIANTS = ("baseline",) + SURVEY_BASELINES + OURS
+SCANN_DATASETS = {"digits": "digits_flat"}   # image set -> the same data as a table
+
+
+@dataclass(frozen=True, kw_only=True)
+class SurveyTrialConfig(CommonConfig):
+    """Flat trial config: data + baseline + FLOPs target + the method and its few knobs."""
+
+    variant: str = "baseline"
+    dataset: str = "cifar10"
+    family: str = "resnet20"                 # with stage_blocks (5, 5, 5): ResNet-32 (the survey's CIFAR-10 baseline)
+    stage_blocks: tuple[int, ...] = (5, 5, 5)
+    width: float = 1.0
+    target_fraction: float = 1 / 3           # FLOPs target as a fraction of the baseline's (the survey's 1/3)
+    target_flops: float = 0.0                # absolute target (FLOPs per sample, 2 x MAC); 0: use target_fraction
+    epochs: int = 160                        # search / regularised / growing epochs
+    finetune_epochs: int = 40                # after export; from-scratch networks get epochs + finetune_epochs
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    finetune_lr: float = 0.01
+    method_options: dict[str, Any] = field(default_factory=dict)   # the compressor's own config keys
+    # ProxylessNAS row
+    proxyless_ratios: tuple[float, ...] = (1.0, 0.5, 0.25)
+    proxyless_cost_weight: float = 1.0
+    # EPNAS row
+    epnas_episodes: int = 4
+    epnas_branches: int = 4
+    epnas_steps: int = 3
+    epnas_max_layers: int = 12
+    epnas_proxy_epochs: int = 3
+    # SCANN row
+    scann_scheme: str = "C"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.variant not in VARIANTS:
+            raise UserError(f"unknown variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+        if self.family not in FAMILIES:
+            raise UserError(f"unknown family {self.family!r}; valid: {', '.join(FAMILIES)}")
+        if not 0 < self.target_fraction <= 1:
+            raise UserError(f"target_fraction must be in (0, 1] (a FLOPs target at or below the baseline's), "
+                            f"got {self.target_fraction}")
+        if self.target_flops < 0 or not math.isfinite(self.target_flops):
+            raise UserError(f"target_flops must be > 0 (or 0: use target_fraction), got {self.target_flops}")
+        if self.epochs < 1 or self.finetune_epochs < 0:
+            raise UserError(f"need epochs >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
+        for k in ("lr", "finetune_lr", "width"):
+            if not getattr(self, k) > 0:
+                raise UserError(f"{k} must be > 0, got {getattr(self, k)}")
+        if not self.proxyless_ratios or any(not 0 < r <= 1 for r in self.proxyless_ratios):
+            raise UserError(f"proxyless_ratios must be fractions in (0, 1], got {self.proxyless_ratios}")
+        for k in ("epnas_episodes", "epnas_branches", "epnas_steps", "epnas_proxy_epochs"):
+            if getattr(self, k) < 1:
+                raise UserError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.method_options and self.variant not in ("group_lasso", "morphnet", "variational_dropout"):
+            raise UserError(f"method_options apply to group_lasso, morphnet and variational_dropout, "
+                            f"not to {self.variant}")
+        if self.variant == "scann" and self.dataset not in SCANN_DATASETS:
+            raise UserError(f"scann synthesises feed-forward networks; in this study it applies to "
+                            f"{', '.join(SCANN_DATASETS)} (as a table), not to {self.dataset!r}")
+        make_layout(self.family, width=self.width, stage_blocks=self.stage_blocks or None)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.finetune_epochs
+
+
+# ---------------------------------------------------------------------------------------- shared
+def _layout(cfg: SurveyTrialConfig, splits):
+    return make_layout(cfg.family, num_classes=splits.num_classes, in_channels=splits.input_shape[0],
+                       width=cfg.width, stage_blocks=cfg.stage_blocks or None, grow_layers=False)
+
+
+def resolve_target(cfg: SurveyTrialConfig, baseline_flops: int) -> int:
+    """The FLOPs target per sample; an absolute target above the baseline (or <= 0) is an error."""
+    target = cfg.target_flops if cfg.target_flops else cfg.target_fraction * baseline_flops
+    if not 0 < target <= baseline_flops:
+        raise UserError(f"FLOPs target {target:.4g} must be in (0, {baseline_flops}] (the baseline's FLOPs)")
+    return int(round(target))
+
+
+def _per_sample_train_flops(model: nn.Module, loader, device) -> int:
+    x, y = next(iter(loader))
+    n = min(2, x.shape[0])
+    flops = costmodel.count_train_flops(model, x[:n].to(device), y[:n].to(device)) // n
+    model.zero_grad(set_to_none=True)
+    return int(flops)
+
+
+class _Phases:
+    """The run's timers, training-FLOPs counter and checkpoint, shared by every variant."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.state: dict[str, Any] = dict(ctx.resumed or {})
+        self.state.setdefault("times", {"search": 0.0, "train": 0.0})
+        self.state.setdefault("train_flops", 0)
+
+    def save(self, **parts: Any) -> None:
+        self.state.update(parts)
+        self.state["rng"] = rng_state()
+        self.ctx.run.save_checkpoint(self.state)
+
+
+def train_final(model: nn.Module, cfg: SurveyTrialConfig, ctx: RunContext, ph: _Phases, loaders, device, *,
+                epochs: int, lr: float, phase: str, cost: costmodel.Cost) -> nn.Module:
+    """``epochs`` of SGD (cosine) on ``model``; per-epoch rows, checkpoints and resume."""
+    train_loader, val_loader, _ = loaders
+    model.to(device)
+    if epochs == 0:
+        return model
+    opt = sgd_nesterov(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       nesterov=False)
+    sched = cosine_schedule(opt, epochs * len(train_loader))
+    # before the RNG is restored: iterating a loader draws a seed from the global RNG
+    per_sample = _per_sample_train_flops(model, val_loader, device)
+    start = 0
+    saved = ph.state.get("final")
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        start = saved["epochs_done"]
+        set_rng_state(ph.state["rng"])
+    with ctx.bar(epochs * len(train_loader), f"{cfg.variant}: {phase}", cfg.progress) as bar:
+        bar.update(start * len(train_loader))
+        for epoch in range(start, epochs):
+            reseed_loader(train_loader, cfg.seed, epoch, phase=1)
+            t0 = time.time()
+            tr = train_epoch(model, train_loader, opt, scheduler=sched, device=device,
+                             where=f"{phase} epoch {epoch}", bar=bar)
+            ph.state["times"]["train"] += time.time() - t0
+            ph.state["train_flops"] += per_sample * tr.n
+            val = evaluate(model, val_loader, device)
+            ctx.report_epoch({"phase": phase, "epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
+                              "val_loss": val.loss, "val_acc": val.acc, "lr": opt.param_groups[0]["lr"],
+                              "params": cost.params, "flops": cost.flops, "time_s": ph.state["times"]["train"]})
+            ph.save(final={"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                           "epochs_done": epoch + 1})
+    return model
+
+
+def _finish(model: nn.Module, arch: dict, cfg: SurveyTrialConfig, ctx: RunContext, ph: _Phases, loaders, device,
+            splits, *, baseline: costmodel.Cost, target: int, info: dict[str, Any]) -> dict[str, Any]:
+    """Test, save the model, and the row's summary."""
+    model.eval()
+    test = evaluate(model, loaders[2], device)
+    model.cpu()
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ctx.run.file("model.pt"))
+    ctx.run.write_json("arch.json", arch)
+    cost = costmodel.profile(model, splits.input_shape)
+    return _row(cfg, top1=test.acc, test_loss=test.loss, params=cost.params, flops=cost.flops, baseline=baseline,
+                target=target, times=ph.state["times"], train_flops=ph.state["train_flops"], info=info)
+
+
+def _row(cfg: SurveyTrialConfig, *, top1: float, params: float, flops: float, baseline: costmodel.Cost | None,
+         target: float, times: dict[str, float], train_flops: float, info: dict[str, Any],
+         test_loss: float | None = None, source: str = "measured") -> dict[str, Any]:
+    deviation = flops / target - 1
+    row = {
+        "default": top1,
+        "top1": top1,
+        "params": params,
+        "flops": flops,
+        "target_flops": target,
+        "target_deviation": deviation,
+        "reached": int(deviation <= 0.02),   # within 2 % above the target counts as reaching it
+        # NNI metrics must be finite: figures a row does not have are 0 (``source`` says why)
+        "baseline_params": baseline.params if baseline else 0,
+        "baseline_flops": baseline.flops if baseline else 0,
+        "flops_ratio": flops / baseline.flops if baseline else 0.0,
+        "search_time_s": times.get("search", 0.0),
+        "train_time_s": times.get("train", 0.0),
+        "total_time_s": times.get("search", 0.0) + times.get("train", 0.0),
+        "train_flops": train_flops if math.isfinite(train_flops) else 0,
+        "epochs": cfg.epochs,
+        "finetune_epochs": cfg.finetune_epochs,
+        "variant": cfg.variant,
+        "group": "ours" if cfg.variant in OURS else ("baseline" if cfg.variant == "baseline" else "survey"),
+        "source": source,
+        "dataset": cfg.dataset,
+        "family": cfg.family,
+    }
+    if test_loss is not None:
+        row["test_loss"] = test_loss
+    row.update({k: v for k, v in info.items() if k not in row})
+    return row
+
+
+# ---------------------------------------------------------------------------------------- variants
+def _run_baseline(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+    torch.manual_seed(cfg.seed)
+    arch = full_arch(layout)
+    model = build_compact(arch)
+    model = train_final(model, cfg, ctx, ph, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="train",
+                        cost=baseline)
+    return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target,
+                   info={"notes": "the baseline network"})
+
+
+def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+    from strategies.survey import make_compressor
+
+    train_loader, val_loader, _ = loaders
+    comp = make_compressor(cfg.variant, layout, target_flops=target, input_shape=splits.input_shape, seed=cfg.seed,
+                           device=device, epochs=cfg.epochs, config_overrides=cfg.method_options)
+    if "export" not in ph.state:
+        if ph.state.get("compressor") is not None:
+            comp.load_state_dict(ph.state["compressor"])
+            set_rng_state(ph.state["rng"])
+        start = ph.state.get("search_epochs_done", 0)
+        per_sample = None
+        with ctx.bar(cfg.epochs * len(train_loader), f"{cfg.variant}: regularised training", cfg.progress) as bar:
+            bar.update(start * len(train_loader))
+            for epoch in range(start, cfg.epochs):
+                reseed_loader(train_loader, cfg.seed, epoch)
+                t0 = time.time()
+                row = comp.train_epoch(epoch, train_loader, bar=bar)
+                ph.state["times"]["search"] += time.time() - t0
+                net = getattr(comp, "net", None)
+                if per_sample is None and isinstance(net, nn.Module):
+                    per_sample = _per_sample_train_flops(net, val_loader, device)
+                ph.state["train_flops"] += (per_sample or 0) * len(train_loader.dataset)
+                if isinstance(net, nn.Module):
+                    val = evaluate(net, val_loader, device)
+                    row = {**row, "val_loss": val.loss, "val_acc": val.acc}
+                ctx.report_epoch({"phase": "search", "epoch": epoch, **row, "time_s": ph.state["times"]["search"]})
+                ph.save(compressor=comp.state_dict(), search_epochs_done=epoch + 1)
+        model, arch, info = comp.export()
+        ph.save(export={"arch": arch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "info": info}, compressor=None)
+    exp = ph.state["export"]
+    arch, info = exp["arch"], dict(exp["info"])
+    model = build_compact(arch)
+    reinit = bool(info.get("reinit"))
+    if reinit:
+        torch.manual_seed(cfg.seed + 1)
+    else:
+        model.load_state_dict(exp["model"])
+    cost = costmodel.profile(build_compact(arch), splits.input_shape)
+    model = train_final(model, cfg, ctx, ph, loaders, device,
+                        epochs=cfg.total_epochs if reinit else cfg.finetune_epochs,
+                        lr=cfg.lr if reinit else cfg.finetune_lr, phase="retrain" if reinit else "finetune", cost=cost)
+    info = {k: v for k, v in info.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    info.pop("flops", None), info.pop("params", None)
+    return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target, info=info)
+
+
+def _run_growth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+    from .growth import GrowthTrialConfig
+    from .growth import run as growth_run
+
+    gcfg = GrowthTrialConfig(
+        dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, val_fraction=cfg.val_fraction,
+        limit=cfg.limit, image_size=cfg.image_size, augment=cfg.augment, batch_size=cfg.batch_size, seed=cfg.seed,
+        device=cfg.device, threads=cfg.threads, progress=cfg.progress,
+        family=cfg.family, width=cfg.width, stage_blocks=cfg.stage_blocks, grow_layers=False,
+        budget=target / baseline.flops, budget_type="flops", epochs=cfg.epochs, weight_lr=cfg.lr,
+        weight_momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr)
+    t0 = time.time()
+    s = growth_run(gcfg, ctx)
+    times = {"search": s["grow_time_s"], "train": s["finetune_time_s"]}
+    if not times["search"] and not times["train"]:
+        times["search"] = time.time() - t0
+    return _row(cfg, top1=s["top1"], test_loss=s["test_loss"], params=s["params"], flops=s["flops"],
+                baseline=baseline, target=target, times=times, train_flops=s["train_flops"],
+                info={"budget": s["budget"], "train_cost_savings": s["train_cost_savings"],
+                      "notes": "growing is its training: epochs of growth + fine-tuning"})
+
+
+def _run_proxyless(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+    from search_spaces.layout_choice import choice_space, choices_to_arch
+    from strategies.proxyless import ProxylessConfig, ProxylessSearch
+
+    train_loader, val_loader, _ = loaders
+    if "export" not in ph.state:
+        pcfg = ProxylessConfig(search_epochs=cfg.epochs, weight_lr=cfg.lr, weight_momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, cost_term="flops",
+                               cost_weight=cfg.proxyless_cost_weight, cost_target=target / baseline.flops)
+        torch.manual_seed(cfg.seed)
+        search = ProxylessSearch(choice_space(layout, ratios=cfg.proxyless_ratios), pcfg,
+                                 input_shape=splits.input_shape, seed=cfg.seed, device=device)
+        if ph.state.get("search") is not None:
+            search.load_state_dict(ph.state["search"])
+            set_rng_state(ph.state["rng"])
+        start = ph.state.get("search_epochs_done", 0)
+        with ctx.bar(cfg.epochs * len(train_loader), "proxyless: search", cfg.progress) as bar:
+            bar.update(start * len(train_loader))
+            for epoch in range(start, cfg.epochs):
+                reseed_loader(train_loader, cfg.seed, epoch)
+                t0 = time.time()
+                row = search.run_epoch(epoch, train_loader, val_loader,
+                                       record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
+                ph.state["times"]["search"] += time.time() - t0
+                ctx.report_epoch({**row, "time_s": ph.state["times"]["search"]})
+                ph.save(search=search.state_dict(), search_epochs_done=epoch + 1)
+        ph.save(export={"choices": search.export()}, search=None)
+    choices = ph.state["export"]["choices"]
+    arch = choices_to_arch(layout, choices)
+    torch.manual_seed(cfg.seed + 1)
+    model = build_compact(arch)
+    cost = costmodel.profile(build_compact(arch), splits.input_shape)
+    model = train_final(model, cfg, ctx, ph, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="retrain",
+                        cost=cost)
+    info = {"choices": ",".join(f"{k}={v}" for k, v in sorted(choices.items())),
+            "skipped_units": sum(v == "skip" for v in choices.values()),
+            "notes": "derived network retrained from scratch"}
+    arch = {**arch, "proxyless_choices": choices}
+    return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target, info=info)
+
+
+def _run_epnas(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+    from search_spaces.epnas import SpaceConfig, arch_cost, build_network, check_constraints_feasible
+    from strategies.epnas import EpnasConfig, EpnasController, constrained_reward
+
+    train_loader, val_loader, _ = loaders
+    space = SpaceConfig(kind="layer", max_layers=cfg.epnas_max_layers, stem_channels=16)
+    constraints = {"flops": (None, float(target))}
+    check_constraints_feasible(constraints, space, splits.input_shape, splits.num_classes)
+    ctl = EpnasController(EpnasConfig(branches=cfg.epnas_branches, episodes=cfg.epnas_episodes,
+                                      steps=cfg.epnas_steps, seed=cfg.seed, flops_max=float(target)), space)
+    if "export" not in ph.state:
+        if ph.state.get("controller") is not None:
+            ctl.load_state_dict(ph.state["controller"])
+            set_rng_state(ph.state["rng"])
+        budget = cfg.epnas_episodes * cfg.epnas_steps * cfg.epnas_branches
+        with ctx.bar(budget, "epnas: search", cfg.progress) as bar:
+            bar.update(len(ctl.records) - len(ctl.pending()))
+            while not ctl.finished:
+                for key, arch, meta in ctl.propose():
+                    t0 = time.time()
+                    acc = _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, meta["trial"])
+                    c = arch_cost(arch, space, splits.input_shape, splits.num_classes)
+                    reward = constrained_reward(acc, {"flops": c.flops}, constraints)
+                    ctl.tell(key, reward, {"accuracy": acc, "flops": c.flops, "params": c.params})
+                    ph.state["times"]["search"] += time.time() - t0
+                    ctx.run.append("metrics", {"phase": "search", "trial": meta["trial"], "episode": meta["episode"],
+                                               "reward": reward, "val_acc": acc, "flops": c.flops,
+                                               "params": c.params, "feasible": int(c.flops <= target),
+                                               "time_s": ph.state["times"]["search"]})
+                    bar.update(1)
+                    ph.save(controller=ctl.state_dict())
+        feasible = [r for r in ctl.records.values() if r["status"] == "done" and r["metrics"].get("flops", 0) <= target]
+        pool = feasible or [r for r in ctl.records.values() if r["status"] == "done"]
+        if not pool:
+            raise UserError("epnas: every proxy-trained network failed; nothing to train")
+        best = max(pool, key=lambda r: r["reward"])
+        ph.save(export={"arch": best["arch"], "proxy_reward": best["reward"], "feasible": bool(feasible)},
+                controller=None)
+    exp = ph.state["export"]
+    torch.manual_seed(cfg.seed + 1)
+    model = build_network(exp["arch"], space, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    cost = arch_cost(exp["arch"], space, splits.input_shape, splits.num_classes)
+    model = train_final(model, cfg, ctx, ph, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="retrain",
+                        cost=cost)
+    arch = {"epnas_arch": exp["arch"], "space": "layer", "space_config": vars(space)}
+    return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target,
+                   info={"proxy_reward": exp["proxy_reward"], "trained_models": len(ctl.records) or
+                         cfg.epnas_episodes * cfg.epnas_steps * cfg.epnas_branches,
+                         "notes": "EPNAS layer-by-layer space (not the baseline's); best proxy network "
+                                  "retrained from scratch" + ("" if exp["feasible"] else "; no feasible network")})
+
+
+def _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, trial: int) -> float:
+    from search_spaces.epnas import build_network
+
+    torch.manual_seed(cfg.seed * 1000 + trial)
+    model = build_network(arch, space, input_shape=splits.input_shape, num_classes=splits.num_classes).to(device)
+    opt = sgd_nesterov(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = cosine_schedule(opt, cfg.epnas_proxy_epochs * len(train_loader))
+    for e in range(cfg.epnas_proxy_epochs):
+        reseed_loader(train_loader, cfg.seed, e, phase=2)
+        train_epoch(model, train_loader, opt, scheduler=sched, device=device, where=f"epnas proxy {trial} epoch {e}")
+    return evaluate(model, val_loader, device).acc
+
+
+def _run_scann(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+    from .scann import ScannTrialConfig
+    from .scann import run as scann_run
+
+    scfg = ScannTrialConfig(dataset=SCANN_DATASETS[cfg.dataset], seed=cfg.seed, device=cfg.device, threads=cfg.threads,
+                            progress=cfg.progress, scheme=cfg.scann_scheme)
+    t0 = time.time()
+    s = scann_run(scfg, ctx)
+    times = {"search": time.time() - t0, "train": 0.0}
+    return _row(cfg, top1=s["default"], params=s["params"], flops=s["flops"], baseline=baseline, target=target,
+                times=times, train_flops=float("nan"),
+                info={"compression_ratio": s.get("compression_ratio", 0.0),
+                      "notes": "SCANN MLP on the 64 pixel features (feed-forward; not the baseline's family); "
+                               "its own train/test split"})
+
+
+def _run_gensynth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+    from strategies.survey import PUBLISHED
+
+    key = {("cifar10", "resnet32"): "cifar10/resnet32", ("cifar100", "resnet50"): "cifar100/resnet50"}
+    setting = key.get((cfg.dataset, _baseline_name(cfg)))
+    rows = {k: v for k, v in PUBLISHED.items() if _method_of(k) == "gensynth"}
+    if not rows:
+        raise UserError("no published Generative Synthesis numbers found in strategies.survey.PUBLISHED")
+    chosen_key = next((k for k in rows if setting and setting in _setting_of(k)), next(iter(rows)))
+    pub = rows[chosen_key]
+    same = setting is not None and setting in _setting_of(chosen_key)
+    flops = float(pub["mflops"]) * 1e6
+    return _row(cfg, top1=float(pub["top1"]) / 100, params=float(pub["params"]), flops=flops,
+                baseline=baseline if same else None, target=target if same else flops, times={}, train_flops=float("nan"),
+                source="published",
+                info={"published_setting": _setting_of(chosen_key), "comparable": int(same),
+                      "notes": "Generative Synthesis has no public algorithm: the survey's published numbers"
+                               + ("" if same else f" for {_setting_of(chosen_key)}, not this setting")})
+
+
+def _baseline_name(cfg: SurveyTrialConfig) -> str:
+    if cfg.family == "resnet20" and tuple(cfg.stage_blocks) == (5, 5, 5) and cfg.width == 1:
+        return "resnet32"
+    if cfg.family == "bottleneck4resnet" and tuple(cfg.stage_blocks) == (3, 4, 6, 3) and cfg.width == 1:
+        return "resnet50"
+    return cfg.family
+
+
+def _setting_of(key) -> str:
+    return key[0] if isinstance(key, tuple) else str(key).rsplit("/", 1)[0] if str(key).count("/") > 1 else str(key)
+
+
+def _method_of(key) -> str:
+    return key[1] if isinstance(key, tuple) else str(key).rsplit("/", 1)[-1]
+
+
+RUNNERS: dict[str, Callable] = {
+    "baseline": _run_baseline,
+    "group_lasso": _run_compressor,
+    "morphnet": _run_compressor,
+    "variational_dropout": _run_compressor,
+    "growth": _run_growth,
+    "proxyless": _run_proxyless,
+    "epnas": _run_epnas,
+    "scann": _run_scann,
+    "gensynth": _run_gensynth,
+}
+
+
+def run(cfg: SurveyTrialConfig, ctx: RunContext) -> dict[str, Any]:
+    splits = load_images(cfg)
+    layout = _layout(cfg, splits)
+    baseline = costmodel.profile(build_compact(full_arch(layout)), splits.input_shape)
+    target = resolve_target(cfg, baseline.flops)
+    loaders = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
+    device = resolve_device(cfg.device)
+    ph = _Phases(ctx)
+    row = RUNNERS[cfg.variant](cfg, ctx, ph, splits, layout, loaders, device, baseline, target)
+    return row

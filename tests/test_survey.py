@@ -1,0 +1,186 @@
+"""The survey comparison (issue #6): the trial runner's rows, the FLOPs target, resume, bad input,
+the analysis table/plot and the benchmark's settings and verdict."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import trial
+from experiments.methods import survey as survey_mod
+from search_spaces import cost as costmodel
+from search_spaces.growth_spaces import build_compact, full_arch, make_layout
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "digits", "--limit", "160", "--image_size", "8", "--family", "resnet20",
+        "--stage_blocks", "[1,1,1]", "--width", "0.25", "--epochs", "2", "--finetune_epochs", "1",
+        "--batch_size", "32", "--progress", "false", "--threads", "1"]
+KEYS = {"default", "top1", "params", "flops", "target_flops", "target_deviation", "reached", "search_time_s",
+        "train_time_s", "total_time_s", "train_flops", "baseline_flops", "baseline_params", "flops_ratio"}
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        trial.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return exc.value.code, err
+
+
+def _summary(d: Path) -> dict:
+    return json.loads((d / "summary.json").read_text())
+
+
+def _baseline_flops() -> int:
+    lay = make_layout("resnet20", num_classes=10, in_channels=1, width=0.25, stage_blocks=(1, 1, 1), grow_layers=False)
+    return costmodel.count_flops(build_compact(full_arch(lay)), (1, 8, 8))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--variant", "lasso"], "unknown variant 'lasso'"),
+    (["--target_fraction", "1.5"], "target_fraction must be in (0, 1]"),
+    (["--target_fraction", "0"], "target_fraction must be in (0, 1]"),
+    (["--target_flops", "-5"], "target_flops must be > 0"),
+    (["--target_flops", "1e12"], "must be in (0,"),
+    (["--variant", "scann", "--dataset", "mnist5k"], "scann synthesises feed-forward networks"),
+    (["--variant", "growth", "--method_options", "{strength: 2}"], "method_options apply to"),
+    (["--epoks", "3"], "unknown config key 'epoks'"),
+    (["--family", "resnet99"], "unknown family 'resnet99'"),
+])
+def test_bad_input_is_one_line_exit_2(argv, needle, capsys, tmp_path):
+    code, err = _run(["survey", *TINY, *argv, "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert needle.lower() in err[0].lower()
+
+
+def test_target_resolution():
+    cfg = survey_mod.SurveyTrialConfig(dataset="digits")
+    assert survey_mod.resolve_target(cfg, 3000) == 1000
+    cfg = survey_mod.SurveyTrialConfig(dataset="digits", target_flops=1234)
+    assert survey_mod.resolve_target(cfg, 3000) == 1234
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("survey") / "baseline"
+    assert trial.main(["survey", *TINY, "--variant", "baseline", "--run-dir", str(d)]) == 0
+    return d
+
+
+def test_baseline_row_and_run_folder(baseline_run):
+    s = _summary(baseline_run)
+    assert KEYS <= set(s)
+    assert s["variant"] == "baseline" and s["group"] == "baseline" and s["source"] == "measured"
+    full = _baseline_flops()
+    assert s["flops"] == s["baseline_flops"] == full
+    assert s["target_flops"] == round(full / 3)
+    assert s["target_deviation"] == pytest.approx(full / s["target_flops"] - 1)
+    with open(baseline_run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["phase"] for r in rows] == ["train"] * 3          # epochs + finetune_epochs, one network
+    assert (baseline_run / "model.pt").exists() and (baseline_run / "arch.json").exists()
+    for k in KEYS:
+        assert isinstance(s[k], (int, float))
+
+
+def test_growth_row_reaches_the_flops_budget(tmp_path):
+    d = tmp_path / "growth"
+    assert trial.main(["survey", *TINY, "--variant", "growth", "--run-dir", str(d)]) == 0
+    s = _summary(d)
+    assert s["group"] == "ours" and s["flops"] <= s["target_flops"] * 1.02
+    assert s["reached"] == 1 and s["budget"] == pytest.approx(s["target_flops"] / s["baseline_flops"])
+    assert (d / "structure.csv").exists()     # growth's own files are in the same folder
+
+
+def test_interrupted_baseline_resumes_to_the_same_result(baseline_run, tmp_path, monkeypatch):
+    d = tmp_path / "run"
+    original = survey_mod.train_epoch
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*a, **k)
+
+    monkeypatch.setattr(survey_mod, "train_epoch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        trial.main(["survey", *TINY, "--variant", "baseline", "--run-dir", str(d)])
+    assert (d / "checkpoint.pt").exists() and not (d / "summary.json").exists()
+    monkeypatch.undo()
+    assert trial.main(["survey", *TINY, "--variant", "baseline", "--run-dir", str(d)]) == 0
+    a, b = _summary(d), _summary(baseline_run)
+    assert a["top1"] == b["top1"] and a["flops"] == b["flops"]
+    with open(d / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
+
+
+# ---- analysis ------------------------------------------------------------------------------------
+def _fake_run(root: Path, variant: str, top1: float, flops: float, group: str, source="measured", comparable=1,
+              seed=0) -> Path:
+    d = root / f"{variant}_{seed}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"method": "survey", "config": {"variant": variant, "seed": seed,
+                                                                             "dataset": "digits"}, "seed": seed}))
+    s = {"method": "survey", "default": top1, "top1": top1, "flops": flops, "params": flops / 10,
+         "target_flops": 1e6, "target_deviation": flops / 1e6 - 1, "reached": int(flops <= 1.02e6),
+         "search_time_s": 1.0, "train_time_s": 2.0, "total_time_s": 3.0, "train_flops": 0, "variant": variant,
+         "group": group, "source": source, "dataset": "digits", "comparable": comparable}
+    (d / "summary.json").write_text(json.dumps(s))
+    return d
+
+
+def test_analysis_table_plot_and_cli(tmp_path, capsys):
+    from analysis.__main__ import main as analysis_main
+    from analysis.survey import survey_table
+
+    root = tmp_path / "exp"
+    _fake_run(root, "baseline", 0.95, 3e6, "baseline")
+    _fake_run(root, "morphnet", 0.90, 1.0e6, "survey")
+    _fake_run(root, "group_lasso", 0.88, 0.9e6, "survey")
+    _fake_run(root, "growth", 0.92, 0.95e6, "ours")
+    _fake_run(root, "growth", 0.94, 0.97e6, "ours", seed=1)
+    _fake_run(root, "gensynth", 0.916, 44.658e6, "survey", source="published", comparable=0)
+    t = survey_table(sorted(root.iterdir()))
+    assert list(t["variant"]) == ["baseline", "group_lasso", "morphnet", "gensynth", "growth"]
+    g = t.set_index("variant").loc["growth"]
+    assert g["n"] == 2 and g["top1_%"] == pytest.approx(93.0) and g["from_target_%"] == pytest.approx(-4.0)
+    assert t.set_index("variant").loc["baseline", "from_target_%"] == pytest.approx(200.0)
+    assert analysis_main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "Survey table" in out and "MorphNet" in out and "Generative Synthesis" in out
+    assert (root / "analysis" / "survey_table.csv").exists()
+    png = root / "analysis" / "survey.png"
+    assert png.exists() and png.stat().st_size > 10_000
+
+
+# ---- benchmark helpers ----------------------------------------------------------------------------
+def test_bench_reads_the_nnictl_configs_settings():
+    from bench.compact_survey import demo_settings
+
+    settings, variants = demo_settings(REPO / "experiments/configs/compact_survey_demo.yml")
+    assert "scann" in variants and "baseline" in variants and len(variants) == len(set(variants))
+    cfg = survey_mod.SurveyTrialConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    assert cfg.dataset == "digits" and cfg.device == "cpu"
+    full = yaml.safe_load((REPO / "experiments/configs/compact_survey.yml").read_text())
+    assert set(full["searchSpace"]["variant"]["_value"]) == set(survey_mod.VARIANTS) - {"scann"}
+    assert full["maxTrialNumber"] == len(full["searchSpace"]["variant"]["_value"])
+
+
+def test_bench_verdict(tmp_path):
+    from analysis.survey import survey_table
+    from bench.compact_survey import verdict
+
+    root = tmp_path / "exp"
+    _fake_run(root, "morphnet", 0.90, 1.0e6, "survey")
+    _fake_run(root, "variational_dropout", 0.85, 0.8e6, "survey")
+    _fake_run(root, "growth", 0.91, 0.99e6, "ours")
+    _fake_run(root, "proxyless", 0.95, 1.5e6, "ours")     # more accurate, but more FLOPs: does not count
+    v = verdict(survey_table(sorted(root.iterdir())))
+    assert v["best_baseline"] == "morphnet"
+    assert v["conv"]["met"] and v["conv"]["winners"] == ["growth"]
+    root2 = tmp_path / "exp2"
+    _fake_run(root2, "morphnet", 0.90, 1.0e6, "survey")
+    _fake_run(root2, "growth", 0.89, 0.5e6, "ours")
+    assert not verdict(survey_table(sorted(root2.iterdir())))["conv"]["met"]
