@@ -26,7 +26,8 @@ with the same settings and keep schedule.  Iteration ``i`` prunes to the same si
 so each iteration gets an out-of-fold accuracy over all training + validation samples; the output
 is the most compressed checkpoint of the main run whose out-of-fold accuracy is within
 ``tolerance`` of the baseline architecture's out-of-fold accuracy *and* whose own validation
-accuracy is within ``tolerance`` of the baseline's.  The test split is never used (``cv.csv``
+accuracy is within ``tolerance`` of the baseline's (if none is, the checkpoint with the best out-of-fold accuracy).
+The test split is never used (``cv.csv``
 holds the curves).  Costs k more syntheses.
 
 Counting: ``params`` are connections + biases of the live structure, ``flops`` 2 x connections
@@ -396,7 +397,8 @@ def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: tor
 def _cv_choice(cfg: ScannTrialConfig, synth: ScannSynthesis, folds: list[dict[str, Any]],
                reference_acc: float) -> tuple[Any, bool, list[dict[str, Any]], float]:
     """The most compressed checkpoint within ``tolerance`` on both the pooled out-of-fold accuracy
-    and the main validation split; ``(checkpoint, met, cv rows, baseline out-of-fold accuracy)``."""
+    and the main validation split (none: the best out-of-fold one); ``(checkpoint, met, cv rows,
+    baseline out-of-fold accuracy)``."""
     n = sum(f["n"] for f in folds)
     base = sum(f["baseline_acc"] * f["n"] for f in folds) / n
     rows, eligible = [], []
@@ -409,8 +411,9 @@ def _cv_choice(cfg: ScannTrialConfig, synth: ScannSynthesis, folds: list[dict[st
                      **{f"fold{f['fold']}_params": f["params"][ck.iteration] for f in folds}})
         if ok:
             eligible.append((ck, acc))
-    if not eligible:
-        return synth.best, False, rows, base
+    if not eligible:  # none holds the accuracy: the best out-of-fold checkpoint (ties: validation, size)
+        ck = max(synth.checkpoints, key=lambda c: (rows[c.iteration]["cv_acc"], c.val_acc, -c.params))
+        return ck, False, rows, base
     ck, _ = min(eligible, key=lambda e: (e[0].params, -e[1], -e[0].val_acc))
     return ck, True, rows, base
 
