@@ -83,40 +83,62 @@ def survey_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def plot_survey(t: pd.DataFrame):
-    """Top-1 against FLOPs with the baseline and the target marked."""
-    fig, axes = panel_grid(1, 1, panel=(6.4, 4.4), right=2.0)
-    ax = axes[0][0]
-    shown = t[t["comparable"].fillna(1) > 0]
-    target = t["target_M"].dropna()
-    if not target.empty:
-        ax.axvline(float(target.iloc[0]), color="0.4", ls="--", lw=1, label="FLOPs target")
-    style = {"baseline": dict(marker="*", s=220, color="black"), "survey": dict(marker="s", s=60, color="tab:blue"),
-             "ours": dict(marker="o", s=70, color="tab:red")}
-    seen = set()
-    for _, r in shown.iterrows():
-        st = style.get(r["group"], dict(marker="^", s=60, color="tab:gray"))
-        name = {"baseline": "baseline", "survey": "survey's baselines", "ours": "ours"}.get(r["group"], r["group"])
-        pub = r["source"] == "published"
-        ax.scatter([r["flops_M"]], [r["top1_%"]], label=None if name in seen else name,
-                   facecolors="none" if pub else st["color"], edgecolors=st["color"], marker=st["marker"],
-                   s=st["s"], zorder=3)
-        seen.add(name)
-        ax.annotate(r["method"] + (" (published)" if pub else ""), (r["flops_M"], r["top1_%"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    """Top-1 against FLOPs with the baseline and the target marked: (a) every row (log FLOPs when
+    they span decades), (b) the region around the target on linear axes.  One colour per method;
+    marker shape = group (star baseline, squares the survey's baselines, circles ours); hollow =
+    published numbers."""
+    fig, axes = panel_grid(1, 2, panel=(5.0, 4.0), right=2.3, wspace=0.8)
+    shown = t[t["comparable"].fillna(1) > 0].reset_index(drop=True)
+    target = t.loc[t["source"] != "published", "target_M"].dropna()
+    target = float(target.iloc[0]) if not target.empty else None
+    base = shown[shown["variant"] == "baseline"]
+    shapes = {"baseline": ("*", 230), "survey": ("s", 70), "ours": ("o", 80)}
+    colors = {v: f"C{i % 10}" for i, v in enumerate(ORDER)}
+    for k, ax in enumerate(axes[0]):
+        if target is not None:
+            ax.axvline(target, color="0.3", ls="--", lw=1, label="FLOPs target" if k == 0 else None)
+        for _, r in shown.iterrows():
+            m, size = shapes.get(r["group"], ("^", 70))
+            c = colors.get(r["variant"], "0.5")
+            pub = r["source"] == "published"
+            ax.scatter([r["flops_M"]], [r["top1_%"]], marker=m, s=size, zorder=3, edgecolors=c,
+                       facecolors="none" if pub else c, label=(r["method"] + (" (published)" if pub else "")) if k == 0 else None)
+            if k == 1 and "top1_std" in r and r["n"] > 1 and pd.notna(r["top1_std"]):
+                ax.errorbar([r["flops_M"]], [r["top1_%"]], yerr=[100 * r["top1_std"]], color=c, lw=1, capsize=3,
+                            zorder=2)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("FLOPs per sample (M, 2 x MAC)")
+    a, b = axes[0]
     if (shown["flops_M"] > 0).all() and shown["flops_M"].max() / max(shown["flops_M"].min(), 1e-12) > 50:
-        ax.set_xscale("log")
+        a.set_xscale("log")
+    a.set(ylabel="top-1 (%)", title="(a) every method")
+    # (b) around the target: FLOPs up to the baseline, accuracy of the rows in that range
+    hi = float(base["flops_M"].iloc[0]) * 1.1 if not base.empty else float(shown["flops_M"].max()) * 1.1
+    near = shown[(shown["flops_M"] <= hi) & (shown["flops_M"] >= (target or 0) * 0.05)]
+    if not near.empty:
+        top = near["top1_%"]
+        ref = float(base["top1_%"].iloc[0]) if not base.empty else float(top.max())
+        lo_y = max(float(top.min()), ref - 15.0)
+        b.set_ylim(lo_y - 1.0, max(float(top.max()), ref) + 1.0)
+    b.set_xlim(0, hi)
+    clipped = shown[(shown["flops_M"] <= hi) & (shown["top1_%"] < b.get_ylim()[0])]
+    for _, r in clipped.iterrows():
+        b.annotate(f"{r['method']}: {r['top1_%']:.1f} % (below)", (r["flops_M"], b.get_ylim()[0]),
+                   xytext=(0, 8), textcoords="offset points", fontsize=7, ha="center", color="0.3",
+                   arrowprops=dict(arrowstyle="->", color="0.5"))
+    b.set(title="(b) around the target (mean +- std over seeds)")
     ds = ", ".join(sorted(set(t["dataset"].dropna().astype(str))))
-    ax.set(xlabel="FLOPs per sample (M, 2 x MAC)", ylabel="top-1 (%)",
-           title=f"Compact search at one FLOPs target ({ds})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(f"Compact search at one FLOPs target ({ds})")
+    fig.legend(loc="upper right", fontsize=8, frameon=False)
     return fig
 
 
 def _text(t: pd.DataFrame) -> str:
     shown = t[["method", "source", "n", "flops_M", "params", "top1_%", "from_target_%", "reached", "search_time_s",
                "total_time_s"]].copy()
-    return "Survey table (FLOPs target = %.3f M):\n" % float(t["target_M"].dropna().iloc[0]) + format_table(
+    measured = t.loc[t["source"] != "published", "target_M"].dropna()
+    head = f"Survey table (FLOPs target = {float(measured.iloc[0]):.3f} M):\n" if not measured.empty else "Survey table:\n"
+    return head + format_table(
         shown, {"flops_M": ".3f", "params": ".0f", "top1_%": ".2f", "from_target_%": "+.1f", "reached": ".0f",
                 "search_time_s": ".0f", "total_time_s": ".0f"})
 

@@ -6,7 +6,8 @@ runs, in this process and one after the other, the trials of
 settings, read from that file's ``trialCommand`` so the two cannot drift apart - one per
 ``variant`` (baseline, group lasso, MorphNet, variational dropout, Generative Synthesis'
 published row, continuation growth, ProxylessNAS with the FLOPs term, EPNAS with a FLOPs bound,
-SCANN), each in its own run folder under ``--out`` (a second run resumes or reuses them), then
+SCANN), each in its own run folder under ``--out`` (a second run resumes or reuses them; with
+``--seeds 0 1 2`` every seed in ``--out/seed<k>``, the table averaging over seeds), then
 writes the survey's table (CSV), the accuracy-vs-FLOPs plot (PNG) and ``compact_survey.json``.
 
 Target of issue #6: on this embedded run, our best method reaches at least the best survey
@@ -82,22 +83,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folders + outputs (default: %(default)s)")
     p.add_argument("--config", type=Path, default=CONFIG, help="the nnictl config whose trials to run")
     p.add_argument("--variants", nargs="*", default=None, help="subset of the config's variants")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default: %(default)s; 2 on a shared 2-core machine was 10x slower)")
+    p.add_argument("--seeds", type=int, nargs="*", default=None,
+                   help="seeds to run (default: the config's); the table and the check use the mean over them")
     p.add_argument("--epochs", type=int, default=None, help="override epochs (quick checks)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="override finetune_epochs (quick checks)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
+    # torch 2.14 makes NNI warn "<Buffer> is found to be not a nn.Module" (harmless, DESIGN.md)
+    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
     from analysis.survey import plot_survey, survey_table
     from analysis.output import format_table, save_csv, save_figure
     from search_spaces.errors import UserError
 
     settings, variants = demo_settings(args.config)
-    for key, val in (("seed", args.seed), ("epochs", args.epochs), ("finetune_epochs", args.finetune_epochs)):
+    seeds = args.seeds or [settings.get("seed", 0)]
+    for key, val in (("epochs", args.epochs), ("finetune_epochs", args.finetune_epochs)):
         if val is not None:
             settings[key] = val
     if args.variants:
@@ -109,23 +117,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     times = {}
-    for v in variants:
-        t0 = time.time()
-        try:
-            run_variant(v, settings, args.out, threads=args.threads, progress=not args.no_progress)
-        except UserError as exc:
-            print(f"error: {v}: {exc}", file=sys.stderr)
-            return 2
-        times[v] = time.time() - t0
-        print(f"[{time.time() - t_all:6.0f} s] {v} done in {times[v]:.0f} s", flush=True)
-    table = survey_table([args.out / v for v in variants])
+    folders = []
+    for seed in seeds:
+        # one seed: <out>/<variant> (as before); several: <out>/seed<k>/<variant>
+        out = args.out if len(seeds) == 1 else args.out / f"seed{seed}"
+        for v in variants:
+            t0 = time.time()
+            try:
+                run_variant(v, {**settings, "seed": seed}, out, threads=args.threads, progress=not args.no_progress)
+            except UserError as exc:
+                print(f"error: {v}: {exc}", file=sys.stderr)
+                return 2
+            times[f"{v}/seed{seed}"] = time.time() - t0
+            folders.append(out / v)
+            print(f"[{time.time() - t_all:6.0f} s] seed {seed} {v} done in {time.time() - t0:.0f} s", flush=True)
+    table = survey_table(folders)
     csv = save_csv(table, args.out / "survey_table.csv")
     png = save_figure(plot_survey(table), args.out / "survey.png")
-    res = {"settings": settings, "variants": variants, "wall_s": time.time() - t_all, "variant_wall_s": times,
+    res = {"settings": settings, "variants": variants, "seeds": seeds, "wall_s": time.time() - t_all, "variant_wall_s": times,
            "table": table.to_dict("records"), "verdict": verdict(table)}
     (args.out / "compact_survey.json").write_text(json.dumps(res, indent=2, default=float))
-    shown = table[["method", "source", "flops_M", "params", "top1_%", "from_target_%", "search_time_s", "total_time_s"]]
-    print(format_table(shown, {"flops_M": ".3f", "params": ".0f", "top1_%": ".2f", "from_target_%": "+.1f",
+    shown = table[["method", "source", "n", "flops_M", "params", "top1_%", "top1_std", "from_target_%", "search_time_s",
+                   "total_time_s"]]
+    print(format_table(shown, {"flops_M": ".3f", "params": ".0f", "top1_%": ".2f", "top1_std": ".4f",
+                               "from_target_%": "+.1f",
                                "search_time_s": ".0f", "total_time_s": ".0f"}))
     vd = res["verdict"]
     if vd.get("best_baseline"):

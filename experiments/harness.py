@@ -153,6 +153,7 @@ def execute(method: str, cfg: CommonConfig, run_fn: Callable[[Any, RunContext], 
             return summary
     run.write_json("config.json", {**blob, "env": environment_info(), "nni": nni_bridge.trial_parameter_record()})
     seed_everything(cfg.seed)
+    nni_bridge.start_run()
     resumed = run.load_checkpoint()
     ctx = RunContext(method=method, run=run, resumed=resumed, started=time.time())
     try:

@@ -100,6 +100,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 __all__ = [
+    "start_run",
     "in_nni_trial",
     "get_trial_parameters",
     "trial_parameter_record",
@@ -381,6 +382,14 @@ def report_final(metrics: Mapping[str, Any]) -> dict[str, float]:
     else:
         _log.info("final result (standalone, not sent): %s", cleaned)
     return cleaned
+
+
+def start_run() -> None:
+    """A new run in this process (``harness.execute``; a benchmark runs several in one process):
+    its intermediate metrics may have their own keys, the same within the run."""
+    global _intermediate_shape
+    with _lock:
+        _intermediate_shape = None
 
 
 def _reset_for_tests() -> None:

@@ -184,3 +184,46 @@ def test_bench_verdict(tmp_path):
     _fake_run(root2, "morphnet", 0.90, 1.0e6, "survey")
     _fake_run(root2, "growth", 0.89, 0.5e6, "ours")
     assert not verdict(survey_table(sorted(root2.iterdir())))["conv"]["met"]
+
+
+# ---- every measured variant end to end (tiny) -----------------------------------------------------
+@pytest.mark.parametrize("variant,final_phase", [
+    ("group_lasso", "finetune"),
+    ("morphnet", "retrain"),             # MorphNet's expanded network is trained from scratch
+    ("variational_dropout", "finetune"),
+    ("proxyless", "retrain"),
+    ("epnas", "retrain"),
+])
+def test_variant_rows(variant, final_phase, tmp_path):
+    d = tmp_path / variant
+    extra = ["--epnas_episodes", "1", "--epnas_branches", "2", "--epnas_steps", "1", "--epnas_proxy_epochs", "1",
+             "--epnas_max_layers", "4"] if variant == "epnas" else []
+    assert trial.main(["survey", *TINY, "--variant", variant, *extra, "--run-dir", str(d)]) == 0
+    s = _summary(d)
+    assert KEYS <= set(s) and s["variant"] == variant and s["method"] == "survey"
+    assert s["group"] == ("ours" if variant in survey_mod.OURS else "survey")
+    # the exported network is what was measured: its FLOPs and the target's distance agree
+    assert s["target_deviation"] == pytest.approx(s["flops"] / s["target_flops"] - 1)
+    assert s["reached"] == int(s["flops"] <= 1.02 * s["target_flops"])
+    if variant in ("group_lasso", "morphnet", "variational_dropout", "proxyless"):
+        import torch
+
+        arch = json.loads((d / "arch.json").read_text())
+        net = build_compact(arch)
+        net.load_state_dict(torch.load(d / "model.pt", weights_only=True))
+        assert costmodel.count_flops(net, (1, 8, 8)) == s["flops"]
+    with open(d / "metrics.csv") as f:
+        phases = [r["phase"] for r in csv.DictReader(f)]
+    assert phases[-1] == final_phase
+    n_final = sum(p == final_phase for p in phases)
+    assert n_final == (3 if final_phase == "retrain" else 1)   # from scratch: epochs + finetune_epochs
+
+
+def test_gensynth_row_is_published_and_marked(tmp_path):
+    d = tmp_path / "gensynth"
+    assert trial.main(["survey", *TINY, "--variant", "gensynth", "--run-dir", str(d)]) == 0
+    s = _summary(d)
+    assert s["source"] == "published" and s["comparable"] == 0
+    assert s["top1"] == pytest.approx(0.916) and s["flops"] == pytest.approx(44.658e6)
+    assert "cifar10/resnet32" in s["notes"] and s["search_time_s"] == 0
+    assert not (d / "model.pt").exists()

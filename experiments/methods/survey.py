@@ -238,7 +238,8 @@ def _row(cfg: SurveyTrialConfig, *, top1: float, params: float, flops: float, ba
     }
     if test_loss is not None:
         row["test_loss"] = test_loss
-    row.update({k: v for k, v in info.items() if k not in row})
+    # the compressor's own figures (threshold, multiplier ...); "method" stays the trial's method
+    row.update({k: v for k, v in info.items() if k not in row and k != "method"})
     return row
 
 
@@ -279,7 +280,9 @@ def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, tar
                 if isinstance(net, nn.Module):
                     val = evaluate(net, val_loader, device)
                     row = {**row, "val_loss": val.loss, "val_acc": val.acc}
-                ctx.report_epoch({"phase": "search", "epoch": epoch, **row, "time_s": ph.state["times"]["search"]})
+                # the web UI's params/FLOPs columns: of the network the current threshold would keep
+                ctx.report_epoch({"phase": "search", "epoch": epoch, **row, "params": row.get("est_params"),
+                                  "flops": row.get("est_flops"), "time_s": ph.state["times"]["search"]})
                 ph.save(compressor=comp.state_dict(), search_epochs_done=epoch + 1)
         model, arch, info = comp.export()
         ph.save(export={"arch": arch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -449,37 +452,29 @@ def _run_scann(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
 def _run_gensynth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
     from strategies.survey import PUBLISHED
 
-    key = {("cifar10", "resnet32"): "cifar10/resnet32", ("cifar100", "resnet50"): "cifar100/resnet50"}
-    setting = key.get((cfg.dataset, _baseline_name(cfg)))
-    rows = {k: v for k, v in PUBLISHED.items() if _method_of(k) == "gensynth"}
-    if not rows:
-        raise UserError("no published Generative Synthesis numbers found in strategies.survey.PUBLISHED")
-    chosen_key = next((k for k in rows if setting and setting in _setting_of(k)), next(iter(rows)))
-    pub = rows[chosen_key]
-    same = setting is not None and setting in _setting_of(chosen_key)
+    setting = f"{cfg.dataset}/{_baseline_name(cfg)}"
+    same = (setting, "generative_synthesis") in PUBLISHED
+    shown = setting if same else "cifar10/resnet32"
+    pub = PUBLISHED[(shown, "generative_synthesis")]
     flops = float(pub["mflops"]) * 1e6
+    if same:   # the survey's own baseline and target, so the distance is the survey's
+        base = PUBLISHED[(shown, "baseline")]
+        baseline = costmodel.Cost(params=base["params"], flops=int(base["mflops"] * 1e6),
+                                  bytes=0, intensity=0.0, latency_ms=None)
+        target = base["mflops"] * 1e6 / 3
     return _row(cfg, top1=float(pub["top1"]) / 100, params=float(pub["params"]), flops=flops,
-                baseline=baseline if same else None, target=target if same else flops, times={}, train_flops=float("nan"),
-                source="published",
-                info={"published_setting": _setting_of(chosen_key), "comparable": int(same),
+                baseline=baseline if same else None, target=target if same else flops, times={},
+                train_flops=float("nan"), source="published",
+                info={"published_setting": shown, "comparable": int(same),
                       "notes": "Generative Synthesis has no public algorithm: the survey's published numbers"
-                               + ("" if same else f" for {_setting_of(chosen_key)}, not this setting")})
+                               + ("" if same else f" for {shown}, not this setting (not plotted)")})
 
 
 def _baseline_name(cfg: SurveyTrialConfig) -> str:
-    if cfg.family == "resnet20" and tuple(cfg.stage_blocks) == (5, 5, 5) and cfg.width == 1:
-        return "resnet32"
-    if cfg.family == "bottleneck4resnet" and tuple(cfg.stage_blocks) == (3, 4, 6, 3) and cfg.width == 1:
-        return "resnet50"
+    """The survey's name for the configured baseline (CIFAR ResNets: 6n + 2 layers)."""
+    if cfg.family == "resnet20" and cfg.width == 1 and len(set(cfg.stage_blocks)) == 1 and len(cfg.stage_blocks) == 3:
+        return f"resnet{6 * cfg.stage_blocks[0] + 2}"
     return cfg.family
-
-
-def _setting_of(key) -> str:
-    return key[0] if isinstance(key, tuple) else str(key).rsplit("/", 1)[0] if str(key).count("/") > 1 else str(key)
-
-
-def _method_of(key) -> str:
-    return key[1] if isinstance(key, tuple) else str(key).rsplit("/", 1)[-1]
 
 
 RUNNERS: dict[str, Callable] = {
