@@ -163,9 +163,17 @@ def test_bench_reads_the_nnictl_configs_settings():
     assert "scann" in variants and "baseline" in variants and len(variants) == len(set(variants))
     cfg = survey_mod.SurveyTrialConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     assert cfg.dataset == "digits" and cfg.device == "cpu"
-    full = yaml.safe_load((REPO / "experiments/configs/compact_survey.yml").read_text())
-    assert set(full["searchSpace"]["variant"]["_value"]) == set(survey_mod.VARIANTS) - {"scann"}
-    assert full["maxTrialNumber"] == len(full["searchSpace"]["variant"]["_value"])
+    for name, dataset, blocks, survey_name in (("compact_survey.yml", "cifar10", (5, 5, 5), "resnet32"),
+                                               ("compact_survey_cifar100.yml", "cifar100", (8, 8, 8), "resnet50")):
+        path = REPO / "experiments/configs" / name
+        full = yaml.safe_load(path.read_text())
+        assert set(full["searchSpace"]["variant"]["_value"]) == set(survey_mod.VARIANTS) - {"scann"}
+        assert full["maxTrialNumber"] == len(full["searchSpace"]["variant"]["_value"])
+        opts, _ = demo_settings(path)
+        opts["data_dir"] = "/data"
+        cfg = survey_mod.SurveyTrialConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
+        assert (cfg.dataset, cfg.stage_blocks, cfg.target_fraction) == (dataset, blocks, pytest.approx(1 / 3))
+        assert survey_mod._baseline_name(cfg) == survey_name     # the survey's published rows apply
 
 
 def test_bench_verdict(tmp_path):
@@ -227,3 +235,23 @@ def test_gensynth_row_is_published_and_marked(tmp_path):
     assert s["top1"] == pytest.approx(0.916) and s["flops"] == pytest.approx(44.658e6)
     assert "cifar10/resnet32" in s["notes"] and s["search_time_s"] == 0
     assert not (d / "model.pt").exists()
+
+
+@pytest.mark.parametrize("variant", ["proxyless", "epnas"])
+def test_unreachable_target_is_reported_in_the_row_not_a_crash(variant, tmp_path):
+    d = tmp_path / variant
+    extra = ["--epnas_episodes", "1", "--epnas_branches", "2", "--epnas_steps", "1", "--epnas_proxy_epochs", "1",
+             "--epnas_max_layers", "4"] if variant == "epnas" else []
+    argv = ["survey", *TINY, "--variant", variant, *extra, "--target_flops", "100", "--epochs", "1",
+            "--finetune_epochs", "0", "--run-dir", str(d)]
+    assert trial.main(argv) == 0
+    s = _summary(d)
+    assert s["reached"] == 0 and s["target_deviation"] > 1 and s["target_flops"] == 100
+    assert ("cheapest" in s["notes"]) if variant == "proxyless" else ("unsatisfiable" in s["notes"] or
+                                                                       "no feasible" in s["notes"])
+
+
+def test_proxyless_ratios_are_checked_by_the_space(capsys, tmp_path):
+    code, err = _run(["survey", *TINY, "--variant", "proxyless", "--proxyless_ratios", "[0.5, 1.0]",
+                      "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(err) == 1 and "ratio" in err[0].lower()

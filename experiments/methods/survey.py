@@ -102,8 +102,6 @@ class SurveyTrialConfig(CommonConfig):
         for k in ("lr", "finetune_lr", "width"):
             if not getattr(self, k) > 0:
                 raise UserError(f"{k} must be > 0, got {getattr(self, k)}")
-        if not self.proxyless_ratios or any(not 0 < r <= 1 for r in self.proxyless_ratios):
-            raise UserError(f"proxyless_ratios must be fractions in (0, 1], got {self.proxyless_ratios}")
         for k in ("epnas_episodes", "epnas_branches", "epnas_steps", "epnas_proxy_epochs"):
             if getattr(self, k) < 1:
                 raise UserError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -113,7 +111,11 @@ class SurveyTrialConfig(CommonConfig):
         if self.variant == "scann" and self.dataset not in SCANN_DATASETS:
             raise UserError(f"scann synthesises feed-forward networks; in this study it applies to "
                             f"{', '.join(SCANN_DATASETS)} (as a table), not to {self.dataset!r}")
-        make_layout(self.family, width=self.width, stage_blocks=self.stage_blocks or None)
+        layout = make_layout(self.family, width=self.width, stage_blocks=self.stage_blocks or None)
+        if self.variant == "proxyless":   # the width/skip space's own checks (ratios, residual family)
+            from search_spaces.layout_choice import candidate_names
+
+            candidate_names(layout, ratios=self.proxyless_ratios)
 
     @property
     def total_epochs(self) -> int:
@@ -328,14 +330,19 @@ def _run_growth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target)
 
 
 def _run_proxyless(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
-    from search_spaces.layout_choice import choice_space, choices_to_arch
+    from search_spaces.layout_choice import arch_flops, candidate_names, choice_space, choices_to_arch
     from strategies.proxyless import ProxylessConfig, ProxylessSearch
 
     train_loader, val_loader, _ = loaders
+    # a target below the space's cheapest network is not a crash: aim at the cheapest (reported)
+    cheapest = {k: v[-1] for k, v in candidate_names(layout, ratios=cfg.proxyless_ratios).items()}
+    floor = arch_flops(layout, cheapest, splits.input_shape)
+    aim = max(target, floor)
+    note = "" if aim == target else f"; target below the space's cheapest network ({floor} FLOPs): aimed at that"
     if "export" not in ph.state:
         pcfg = ProxylessConfig(search_epochs=cfg.epochs, weight_lr=cfg.lr, weight_momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, cost_term="flops",
-                               cost_weight=cfg.proxyless_cost_weight, cost_target=target / baseline.flops)
+                               cost_weight=cfg.proxyless_cost_weight, cost_target=aim / baseline.flops)
         torch.manual_seed(cfg.seed)
         search = ProxylessSearch(choice_space(layout, ratios=cfg.proxyless_ratios), pcfg,
                                  input_shape=splits.input_shape, seed=cfg.seed, device=device)
@@ -363,7 +370,7 @@ def _run_proxyless(cfg, ctx, ph, splits, layout, loaders, device, baseline, targ
                         cost=cost)
     info = {"choices": ",".join(f"{k}={v}" for k, v in sorted(choices.items())),
             "skipped_units": sum(v == "skip" for v in choices.values()),
-            "notes": "derived network retrained from scratch"}
+            "notes": "derived network retrained from scratch" + note}
     arch = {**arch, "proxyless_choices": choices}
     return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target, info=info)
 
@@ -375,7 +382,11 @@ def _run_epnas(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
     train_loader, val_loader, _ = loaders
     space = SpaceConfig(kind="layer", max_layers=cfg.epnas_max_layers, stem_channels=16)
     constraints = {"flops": (None, float(target))}
-    check_constraints_feasible(constraints, space, splits.input_shape, splits.num_classes)
+    try:  # an unreachable bound is reported in the row (the soft hinge still ranks the networks)
+        check_constraints_feasible(constraints, space, splits.input_shape, splits.num_classes)
+        note = ""
+    except UserError as exc:
+        note = f"; {exc}"
     ctl = EpnasController(EpnasConfig(branches=cfg.epnas_branches, episodes=cfg.epnas_episodes,
                                       steps=cfg.epnas_steps, seed=cfg.seed, flops_max=float(target)), space)
     if "export" not in ph.state:
@@ -417,7 +428,7 @@ def _run_epnas(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
                    info={"proxy_reward": exp["proxy_reward"], "trained_models": len(ctl.records) or
                          cfg.epnas_episodes * cfg.epnas_steps * cfg.epnas_branches,
                          "notes": "EPNAS layer-by-layer space (not the baseline's); best proxy network "
-                                  "retrained from scratch" + ("" if exp["feasible"] else "; no feasible network")})
+                                  "retrained from scratch" + ("" if exp["feasible"] else "; no feasible network") + note})
 
 
 def _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, trial: int) -> float:
