@@ -255,3 +255,31 @@ def test_proxyless_ratios_are_checked_by_the_space(capsys, tmp_path):
     code, err = _run(["survey", *TINY, "--variant", "proxyless", "--proxyless_ratios", "[0.5, 1.0]",
                       "--run-dir", str(tmp_path / "r")], capsys)
     assert code == 2 and len(err) == 1 and "ratio" in err[0].lower()
+
+
+def test_interrupted_compressor_search_resumes_to_the_same_result(tmp_path, monkeypatch):
+    from strategies import survey as baselines
+
+    argv = ["survey", *TINY, "--variant", "morphnet"]
+    ref = tmp_path / "ref"
+    assert trial.main([*argv, "--run-dir", str(ref)]) == 0
+    cls = baselines.COMPRESSORS["morphnet"]
+    original = cls.train_epoch
+
+    def flaky(self, epoch, *a, **k):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch, *a, **k)
+
+    monkeypatch.setattr(cls, "train_epoch", flaky)
+    d = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        trial.main([*argv, "--run-dir", str(d)])
+    assert (d / "checkpoint.pt").exists() and not (d / "summary.json").exists()
+    monkeypatch.undo()
+    assert trial.main([*argv, "--run-dir", str(d)]) == 0
+    a, b = _summary(d), _summary(ref)
+    assert (a["top1"], a["flops"], a["params"]) == (b["top1"], b["flops"], b["params"])
+    with open(d / "metrics.csv") as f:
+        rows = [(r["phase"], r["epoch"]) for r in csv.DictReader(f)]
+    assert rows == [("search", "0"), ("search", "1"), ("retrain", "0"), ("retrain", "1"), ("retrain", "2")]

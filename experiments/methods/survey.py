@@ -291,11 +291,10 @@ def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, tar
                         "info": info}, compressor=None)
     exp = ph.state["export"]
     arch, info = exp["arch"], dict(exp["info"])
-    model = build_compact(arch)
     reinit = bool(info.get("reinit"))
-    if reinit:
-        torch.manual_seed(cfg.seed + 1)
-    else:
+    torch.manual_seed(cfg.seed + 1)   # a fresh network's init must not depend on what ran before (resume)
+    model = build_compact(arch)
+    if not reinit:
         model.load_state_dict(exp["model"])
     cost = costmodel.profile(build_compact(arch), splits.input_shape)
     model = train_final(model, cfg, ctx, ph, loaders, device,
