@@ -16,8 +16,8 @@
   interpreter's own nnictl, with no ``DISPLAY`` (starts serialized within a process and retried
   when NNI's own start-up timeouts fire on a busy machine);
 * polls ``/api/v1/nni/check-status`` until the experiment is done (``DONE``, or the tuner ran out
-  of trials and every trial has ended), raising on ``ERROR`` or timeout with the manager's log
-  tail in the message;
+  of trials and every trial has ended for longer than two manager ticks), raising on ``ERROR`` or
+  timeout with the manager's log tail in the message;
 * in a ``finally`` -- also after a failure, a timeout or Ctrl-C -- runs ``nnictl stop <id>``,
   waits for the NNI manager to exit, and kills its process group (the manager is started with
   ``setpgrp``; tuner and trial processes are its children) if anything is still alive.
@@ -234,10 +234,14 @@ def _registry_pid(env: dict[str, str], experiment_id: str) -> int | None:
     return None
 
 
+NO_MORE_TRIAL_SETTLE_S = 12.0
+
+
 def _wait_done(run: ExperimentRun, timeout: float, poll_s: float,
                on_poll: Callable[[ExperimentRun, list], None] | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Any = None
+    settled: tuple[float, int] | None = None   # (since when, how many jobs) all listed jobs are finished
     while time.monotonic() < deadline:
         with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
             if on_poll is not None:
@@ -251,10 +255,19 @@ def _wait_done(run: ExperimentRun, timeout: float, poll_s: float,
                 run.refresh()
                 return
             if status == "TUNER_NO_MORE_TRIAL":
+                # The tuner may send its last trial and "no more trials" in one breath: the manager
+                # then still holds that trial in its queue and submits it on its next tick (every
+                # 5 s, nni_node/core/nnimanager.js).  So "every listed job finished" only counts once
+                # it has held, with the same jobs, for longer than two ticks.
                 jobs = run.get("/trial-jobs") or []
                 if jobs and all(j.get("status") in TERMINAL_TRIAL_STATUSES for j in jobs):
-                    run.refresh()
-                    return
+                    if settled is None or settled[1] != len(jobs):
+                        settled = (time.monotonic(), len(jobs))
+                    elif time.monotonic() - settled[0] >= NO_MORE_TRIAL_SETTLE_S:
+                        run.refresh()
+                        return
+                else:
+                    settled = None
         time.sleep(poll_s)
     with contextlib.suppress(Exception):
         run.refresh()
