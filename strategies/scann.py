@@ -42,6 +42,9 @@ Adam for the tabular sets, but its learning rate and weight decay are lost in ou
 text: we use lr 1e-2 and weight decay 1e-4 (:data:`TABULAR_TRAINING`; 1e-2 and 3e-3 tie on the
 validation splits of digits and breast_cancer, and 1e-2 trains the small sparse networks better).  The number of epochs
 after each operation (Sec. 3.7.2: "X to Y epochs") and the iteration count are lost as well.
+Ours, not the paper's: the training after an iteration's last pruning (the recovery, whose epochs
+are the checkpoints) may use its own lr (``recovery_lr``) and a cosine anneal to 1% of it
+(``recovery_schedule``); default: the constant training lr.
 
 Algorithm 2: alternate architecture changes and weight training; the checkpoint with the best
 validation accuracy (ties: fewer connections) is the output (:class:`ScannSynthesis`, H.A.).
@@ -67,6 +70,7 @@ Deviations and choices where the paper is silent (or its text was lost in our co
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -134,6 +138,9 @@ SCHEME_PRESETS: dict[str, dict[str, Any]] = {
     "C": dict(initial_neurons_ratio=1.0, max_neurons_ratio=1.0, initial_prune=None, grow_to=1.0,
               neuron_growth=0, prune_fraction=None, prune_keep=0.023),
 }
+#: Recovery lr schedules (``ScannConfig.recovery_schedule``); cosine ends at this share of its start.
+RECOVERY_SCHEDULES = ("constant", "cosine")
+RECOVERY_FLOOR = 0.01
 #: Sec. 4.2: Adam (lr and weight decay lost in our copy; ours).
 TABULAR_TRAINING = dict(optimizer="adam", lr=1e-2, momentum=0.0, weight_decay=1e-4)
 #: Sec. 4.1: SGD, lr 0.03, momentum 0.9, weight decay 1e-4.
@@ -187,6 +194,12 @@ class ScannConfig:
     momentum: float = 0.0
     weight_decay: float = 1e-4
     batch_size: int = 64
+    #: Learning rate of the recovery training after an iteration's last pruning (the checkpointed
+    #: epochs); ``None``: ``lr``.  The other training (seed, after growth) always uses ``lr``.
+    recovery_lr: float | None = None
+    #: ``constant`` or ``cosine``: the recovery training's lr anneals from ``recovery_lr`` (or
+    #: ``lr``) to 1% of it over its epochs (cosine), each pruned size ending at a small lr.
+    recovery_schedule: str = "constant"
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -216,6 +229,11 @@ class ScannConfig:
             raise UserError(f"noise must be >= 0, got {self.noise}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.recovery_schedule not in RECOVERY_SCHEDULES:
+            raise UserError(f"unknown recovery_schedule {self.recovery_schedule!r}; valid: "
+                            f"{', '.join(RECOVERY_SCHEDULES)}")
+        if self.recovery_lr is not None and not self.recovery_lr > 0:
+            raise UserError(f"recovery_lr must be > 0, got {self.recovery_lr}")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise UserError(f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1; got lr={self.lr}, "
                             f"weight_decay={self.weight_decay}, momentum={self.momentum}")
@@ -678,15 +696,30 @@ class ScannSynthesis:
     def _train_tracked(self, epochs: int, what: str) -> tuple[tuple[float, float], dict[str, Any] | None]:
         """Train after the iteration's last pruning; with ``checkpoint_epochs`` return the snapshot
         of the best-validation epoch (the network itself keeps its last state)."""
-        if not self.cfg.checkpoint_epochs or epochs == 0:
-            return (self._train(epochs, what) if epochs else (float("nan"), float("nan"))), None
+        cfg = self.cfg
+        lr0 = cfg.recovery_lr if cfg.recovery_lr is not None else cfg.lr
+
+        def set_lr(epoch: int) -> None:
+            f = 1.0
+            if cfg.recovery_schedule == "cosine":
+                f = RECOVERY_FLOOR + (1 - RECOVERY_FLOOR) * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs - 1)))
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr0 * f
+
         best, best_key, tr = None, None, (float("nan"), float("nan"))
-        for _ in range(epochs):
-            tr = self._train(1, what)
-            loss, acc = evaluate(self.net, self.data.X_val, self.data.y_val)
-            if best_key is None or (acc, -loss) > best_key:  # ties in accuracy: lower validation loss
-                best, best_key = self.net.snapshot(), (acc, -loss)
-        return tr, best
+        try:
+            for e in range(epochs):
+                set_lr(e)
+                tr = self._train(1, what)
+                if not cfg.checkpoint_epochs:
+                    continue
+                loss, acc = evaluate(self.net, self.data.X_val, self.data.y_val)
+                if best_key is None or (acc, -loss) > best_key:  # ties in accuracy: lower validation loss
+                    best, best_key = self.net.snapshot(), (acc, -loss)
+            return tr, best
+        finally:
+            for g in self.optimizer.param_groups:
+                g["lr"] = cfg.lr
 
     def _prune(self, counts: dict[str, int], iteration: int, initial: bool = False) -> None:
         cfg = self.cfg

@@ -352,6 +352,34 @@ def test_schemes_run_and_keep_their_shape(scheme):
         r["params"] for r in synth.history if r["val_acc"] >= 0.5 - 0.005)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_recovery_lr_applies_to_the_training_after_pruning_only(schedule):
+    data = toy_split(2)
+    base, _ = train_mlp((12,), data, epochs=5, lr=1e-2)
+    cfg = ScannConfig.for_scheme("C", baseline_neurons=12, iterations=2, initial_epochs=2, epochs_per_op=3,
+                                 lr=1e-2, recovery_lr=1e-3, recovery_schedule=schedule, prune_keep=0.4)
+    net = seed_network(cfg, 8, 2, baseline=base, generator=torch.Generator().manual_seed(0))
+    synth = ScannSynthesis(net, cfg, data, seed=0)
+    seen, train = [], synth._train
+
+    def spy(epochs, what):
+        seen.append((what, synth.optimizer.param_groups[0]["lr"]))
+        return train(epochs, what)
+
+    synth._train = spy
+    synth.run()
+    recovery = [lr for what, lr in seen if what == "prune"]
+    assert len(recovery) == 3 * 3  # 3 epochs after each of the 3 prunings
+    if schedule == "constant":
+        assert set(recovery) == {1e-3}
+    else:  # cosine from recovery_lr down to 1% of it, restarted for every pruned size
+        assert recovery[:3] == pytest.approx([1e-3, 0.505e-3, 1e-5]) and recovery[3:6] == recovery[:3]
+    assert {lr for what, lr in seen if what != "prune"} == {1e-2}  # seed and full growth
+    assert synth.optimizer.param_groups[0]["lr"] == 1e-2
+    one_line_user_error(lambda: ScannConfig(recovery_lr=0.0), "recovery_lr")
+    one_line_user_error(lambda: ScannConfig(recovery_schedule="step"), "recovery_schedule")
+
+
 def test_synthesis_state_dict_resumes_identically():
     data = toy_split(2)
     cfg = ScannConfig.for_scheme("B", baseline_neurons=10, groups=2, iterations=3, initial_epochs=4,

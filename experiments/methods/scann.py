@@ -134,6 +134,8 @@ class ScannTrialConfig(CommonConfig):
     checkpoint_epochs: bool = True
     optimizer: str | None = None
     lr: float | None = None
+    recovery_lr: float | None = None
+    recovery_schedule: str = "constant"
     momentum: float | None = None
     weight_decay: float | None = None
     select: str = "best_val"
@@ -208,7 +210,8 @@ class ScannTrialConfig(CommonConfig):
             prune_fraction=self.prune_fraction, prune_keep=self.prune_keep,
             prune_keep_schedule=self.prune_keep_schedule or None, iterations=self.iterations,
             initial_epochs=initial, epochs_per_op=epochs_per_op, noise=self.noise, growth_batch=self.growth_batch,
-            checkpoint_epochs=self.checkpoint_epochs, batch_size=self.batch_size, **self.training())
+            checkpoint_epochs=self.checkpoint_epochs, batch_size=self.batch_size, recovery_lr=self.recovery_lr,
+            recovery_schedule=self.recovery_schedule, **self.training())
 
 
 # --------------------------------------------------------------------------- preparation
