@@ -8,6 +8,20 @@ warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
 os.environ.setdefault("COMPACTNAS_TEST", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _nni_registry_in_tmp(tmp_path_factory):
+    """NNI binds its experiment registry (``~/nni-experiments/.experiment``) to the HOME it sees at
+    import (``nni/tools/nnictl/constants.py``), so a test's ``monkeypatch.setenv("HOME", ...)``
+    comes too late for NasExperiment runs: point the registry at a temp dir for the session."""
+    from nni.tools.nnictl import config_utils
+
+    home = tmp_path_factory.mktemp("nni-home") / "nni-experiments"
+    old = config_utils.Experiments.__init__.__defaults__
+    config_utils.Experiments.__init__.__defaults__ = (str(home),)
+    yield
+    config_utils.Experiments.__init__.__defaults__ = old
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
