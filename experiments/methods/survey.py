@@ -261,7 +261,8 @@ def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, tar
 
     train_loader, val_loader, _ = loaders
     comp = make_compressor(cfg.variant, layout, target_flops=target, input_shape=splits.input_shape, seed=cfg.seed,
-                           device=device, epochs=cfg.epochs, config_overrides=cfg.method_options)
+                           device=device, epochs=cfg.epochs, config_overrides=cfg.method_options,
+                           lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if "export" not in ph.state:
         if ph.state.get("compressor") is not None:
             comp.load_state_dict(ph.state["compressor"])
