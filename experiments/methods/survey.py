@@ -264,11 +264,14 @@ def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, tar
                            device=device, epochs=cfg.epochs, config_overrides=cfg.method_options,
                            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if "export" not in ph.state:
+        # counted before any state is restored: counting runs a loader (a global-RNG draw) and
+        # may draw the compressor's own noise, so it must sit at the same point in every process
+        net = getattr(comp, "net", None)
+        per_sample = _per_sample_train_flops(net, val_loader, device) if isinstance(net, nn.Module) else 0
         if ph.state.get("compressor") is not None:
             comp.load_state_dict(ph.state["compressor"])
             set_rng_state(ph.state["rng"])
         start = ph.state.get("search_epochs_done", 0)
-        per_sample = None
         with ctx.bar(cfg.epochs * len(train_loader), f"{cfg.variant}: regularised training", cfg.progress) as bar:
             bar.update(start * len(train_loader))
             for epoch in range(start, cfg.epochs):
@@ -276,10 +279,8 @@ def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, tar
                 t0 = time.time()
                 row = comp.train_epoch(epoch, train_loader, bar=bar)
                 ph.state["times"]["search"] += time.time() - t0
+                ph.state["train_flops"] += per_sample * len(train_loader.dataset)
                 net = getattr(comp, "net", None)
-                if per_sample is None and isinstance(net, nn.Module):
-                    per_sample = _per_sample_train_flops(net, val_loader, device)
-                ph.state["train_flops"] += (per_sample or 0) * len(train_loader.dataset)
                 if isinstance(net, nn.Module):
                     val = evaluate(net, val_loader, device)
                     row = {**row, "val_loss": val.loss, "val_acc": val.acc}
