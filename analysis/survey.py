@@ -24,7 +24,7 @@ import pandas as pd
 from .output import Output, format_table, save_csv, save_figure
 from .plots import panel_grid
 
-__all__ = ["METHOD", "survey_table", "plot_survey", "report_study"]
+__all__ = ["METHOD", "datasets", "survey_table", "plot_survey", "report_study"]
 
 METHOD = "survey"
 ORDER = ("baseline", "group_lasso", "morphnet", "variational_dropout", "gensynth", "growth", "proxyless", "epnas",
@@ -59,11 +59,17 @@ def _rows(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def survey_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """The survey's Table 1 over the ``survey`` runs among ``run_dirs`` (empty if none)."""
+def survey_table(run_dirs: Sequence[str | Path], dataset: str | None = None) -> pd.DataFrame:
+    """The survey's Table 1 over the ``survey`` runs among ``run_dirs`` (empty if none); a study
+    mixing data sets must name one (``datasets(run_dirs)`` lists them)."""
     df = _rows(run_dirs)
     if df.empty:
         return df
+    if dataset is not None:
+        df = df[df["dataset"] == dataset]
+    elif df["dataset"].nunique() > 1:
+        raise ValueError(f"survey runs of several data sets ({', '.join(sorted(df['dataset'].unique()))}): "
+                         "pass dataset=")
     agg = {k: "mean" for k in NUMERIC if k in df}
     agg.update({k: "first" for k in ("group", "source", "dataset", "notes", "published_setting")})
     agg["run"] = "count"
@@ -143,12 +149,22 @@ def _text(t: pd.DataFrame) -> str:
                 "search_time_s": ".0f", "total_time_s": ".0f"})
 
 
+def datasets(run_dirs: Sequence[str | Path]) -> list[str]:
+    df = _rows(run_dirs)
+    return [] if df.empty else sorted(df["dataset"].dropna().unique())
+
+
 def report_study(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Output:
+    """``survey_table.csv`` + ``survey.png``; one pair per data set (``_<dataset>`` suffix) when the
+    folder holds runs of several (each has its own baseline and target)."""
     out = Path(out_dir)
-    t = survey_table(run_dirs)
-    if t.empty:
-        return Output()
-    res = Output(tables={"survey": t}, text=[_text(t)])
-    res.files.append(save_csv(t, out / "survey_table.csv"))
-    res.files.append(save_figure(plot_survey(t), out / "survey.png"))
+    names = datasets(run_dirs)
+    res = Output()
+    for ds in names:
+        t = survey_table(run_dirs, dataset=ds)
+        suffix = "" if len(names) == 1 else f"_{ds}"
+        res.tables[f"survey{suffix}"] = t
+        res.text.append(_text(t) if len(names) == 1 else f"[{ds}] " + _text(t))
+        res.files.append(save_csv(t, out / f"survey_table{suffix}.csv"))
+        res.files.append(save_figure(plot_survey(t), out / f"survey{suffix}.png"))
     return res

@@ -288,3 +288,22 @@ def test_interrupted_compressor_search_resumes_to_the_same_result(variant, tmp_p
     final = "retrain" if variant == "morphnet" else "finetune"
     assert [(r["phase"], r["epoch"]) for r in got][:3] == [("search", "0"), ("search", "1"), ("search", "2")]
     assert got[-1]["phase"] == final
+
+
+def test_analysis_keeps_data_sets_apart(tmp_path):
+    from analysis.survey import report_study, survey_table
+
+    root = tmp_path / "exp"
+    _fake_run(root, "baseline", 0.95, 3e6, "baseline")
+    d = _fake_run(root, "baseline", 0.90, 9e6, "baseline", seed=1)
+    for name in ("summary.json",):
+        s = json.loads((d / name).read_text())
+        s["dataset"] = "mnist5k"
+        (d / name).write_text(json.dumps(s))
+    runs = sorted(root.iterdir())
+    with pytest.raises(ValueError, match="several data sets"):
+        survey_table(runs)
+    res = report_study(runs, tmp_path / "out")
+    assert sorted(p.name for p in res.files) == ["survey_digits.png", "survey_mnist5k.png",
+                                                 "survey_table_digits.csv", "survey_table_mnist5k.csv"]
+    assert survey_table(runs, dataset="mnist5k")["top1_%"].tolist() == [pytest.approx(90.0)]
