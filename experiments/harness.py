@@ -23,7 +23,8 @@ from . import nni_bridge
 from .config import config_to_dict
 from .runfolder import RunFolder, atomic_write_text, environment_info
 
-__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "reseed_loader", "resolve_device", "seed_everything", "pick", "rng_state", "set_rng_state"]
+__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "per_sample_train_flops", "reseed_loader",
+           "resolve_device", "seed_everything", "pick", "rng_state", "set_rng_state"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +86,17 @@ def reseed_loader(loader, seed: int, epoch: int, *, phase: int = 0) -> None:
     gen = getattr(loader, "generator", None)
     if gen is not None:
         gen.manual_seed(seed * 100003 + phase * 50000 + epoch)
+
+
+def per_sample_train_flops(model: torch.nn.Module, loader, device) -> int:
+    """Training FLOPs (forward + backward) per sample of ``model``, counted by the cost model on two
+    samples of ``loader``'s first batch.  Running the loader draws a seed from the global RNG: call
+    it at the same point in every process of a resumable run."""
+    from search_spaces import cost as costmodel
+
+    x, y = next(iter(loader))
+    n = min(2, x.shape[0])
+    return int(costmodel.count_train_flops(model, x[:n].to(device), y[:n].to(device)) // n)
 
 
 def pick(cls: type, cfg: Any):

@@ -28,7 +28,8 @@ from strategies.growth import GrowthConfig, GrowthSearch
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
-from ..harness import CommonConfig, RunContext, load_images, pick, reseed_loader, resolve_device, rng_state, set_rng_state
+from ..harness import (CommonConfig, RunContext, load_images, per_sample_train_flops, pick, reseed_loader,
+                       resolve_device, rng_state, set_rng_state)
 from ..runfolder import atomic_torch_save
 
 __all__ = ["GrowthTrialConfig", "run"]
@@ -140,10 +141,7 @@ def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
                                  where=f"finetune epoch {epoch}", bar=bar)
                 times["finetune"] += time.time() - t0
                 if per_sample is None:
-                    x, y = next(iter(val_loader))
-                    n = min(2, x.shape[0])
-                    per_sample = costmodel.count_train_flops(compact, x[:n].to(device), y[:n].to(device)) // n
-                    compact.zero_grad(set_to_none=True)
+                    per_sample = per_sample_train_flops(compact, val_loader, device)
                 ft_flops = per_sample * tr.n
                 totals["train_flops"] += ft_flops
                 val = evaluate(compact, val_loader, device)

@@ -45,7 +45,8 @@ from search_spaces.growth_spaces import FAMILIES, build_compact, full_arch, make
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
-from ..harness import CommonConfig, RunContext, load_images, reseed_loader, resolve_device, rng_state, set_rng_state
+from ..harness import (CommonConfig, RunContext, load_images, per_sample_train_flops, reseed_loader, resolve_device,
+                       rng_state, set_rng_state)
 from ..runfolder import atomic_torch_save
 
 __all__ = ["SurveyTrialConfig", "VARIANTS", "OURS", "SURVEY_BASELINES", "run"]
@@ -136,14 +137,6 @@ def resolve_target(cfg: SurveyTrialConfig, baseline_flops: int) -> int:
     return int(round(target))
 
 
-def _per_sample_train_flops(model: nn.Module, loader, device) -> int:
-    x, y = next(iter(loader))
-    n = min(2, x.shape[0])
-    flops = costmodel.count_train_flops(model, x[:n].to(device), y[:n].to(device)) // n
-    model.zero_grad(set_to_none=True)
-    return int(flops)
-
-
 class _Phases:
     """The run's timers, training-FLOPs counter and checkpoint, shared by every variant."""
 
@@ -170,7 +163,7 @@ def train_final(model: nn.Module, cfg: SurveyTrialConfig, ctx: RunContext, ph: _
                        nesterov=False)
     sched = cosine_schedule(opt, epochs * len(train_loader))
     # before the RNG is restored: iterating a loader draws a seed from the global RNG
-    per_sample = _per_sample_train_flops(model, val_loader, device)
+    per_sample = per_sample_train_flops(model, val_loader, device)
     start = 0
     saved = ph.state.get("final")
     if saved is not None:
@@ -198,14 +191,13 @@ def train_final(model: nn.Module, cfg: SurveyTrialConfig, ctx: RunContext, ph: _
 
 
 def _finish(model: nn.Module, arch: dict, cfg: SurveyTrialConfig, ctx: RunContext, ph: _Phases, loaders, device,
-            splits, *, baseline: costmodel.Cost, target: int, info: dict[str, Any]) -> dict[str, Any]:
-    """Test, save the model, and the row's summary."""
+            *, cost: costmodel.Cost, baseline: costmodel.Cost, target: int, info: dict[str, Any]) -> dict[str, Any]:
+    """Test, save the model, and the row's summary (``cost``: of the exported network)."""
     model.eval()
     test = evaluate(model, loaders[2], device)
     model.cpu()
     atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ctx.run.file("model.pt"))
     ctx.run.write_json("arch.json", arch)
-    cost = costmodel.profile(model, splits.input_shape)
     return _row(cfg, top1=test.acc, test_loss=test.loss, params=cost.params, flops=cost.flops, baseline=baseline,
                 target=target, times=ph.state["times"], train_flops=ph.state["train_flops"], info=info)
 
@@ -252,7 +244,7 @@ def _run_baseline(cfg, ctx, ph, splits, layout, loaders, device, baseline, targe
     model = build_compact(arch)
     model = train_final(model, cfg, ctx, ph, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="train",
                         cost=baseline)
-    return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target,
+    return _finish(model, arch, cfg, ctx, ph, loaders, device, cost=baseline, baseline=baseline, target=target,
                    info={"notes": "the baseline network"})
 
 
@@ -267,7 +259,7 @@ def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, tar
         # counted before any state is restored: counting runs a loader (a global-RNG draw) and
         # may draw the compressor's own noise, so it must sit at the same point in every process
         net = getattr(comp, "net", None)
-        per_sample = _per_sample_train_flops(net, val_loader, device) if isinstance(net, nn.Module) else 0
+        per_sample = per_sample_train_flops(net, val_loader, device) if isinstance(net, nn.Module) else 0
         if ph.state.get("compressor") is not None:
             comp.load_state_dict(ph.state["compressor"])
             set_rng_state(ph.state["rng"])
@@ -303,8 +295,7 @@ def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, tar
                         epochs=cfg.total_epochs if reinit else cfg.finetune_epochs,
                         lr=cfg.lr if reinit else cfg.finetune_lr, phase="retrain" if reinit else "finetune", cost=cost)
     info = {k: v for k, v in info.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    info.pop("flops", None), info.pop("params", None)
-    return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target, info=info)
+    return _finish(model, arch, cfg, ctx, ph, loaders, device, cost=cost, baseline=baseline, target=target, info=info)
 
 
 def _run_growth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
@@ -319,11 +310,8 @@ def _run_growth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target)
         budget=target / baseline.flops, budget_type="flops", epochs=cfg.epochs, weight_lr=cfg.lr,
         weight_momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr)
-    t0 = time.time()
     s = growth_run(gcfg, ctx)
     times = {"search": s["grow_time_s"], "train": s["finetune_time_s"]}
-    if not times["search"] and not times["train"]:
-        times["search"] = time.time() - t0
     return _row(cfg, top1=s["top1"], test_loss=s["test_loss"], params=s["params"], flops=s["flops"],
                 baseline=baseline, target=target, times=times, train_flops=s["train_flops"],
                 info={"budget": s["budget"], "train_cost_savings": s["train_cost_savings"],
@@ -373,7 +361,7 @@ def _run_proxyless(cfg, ctx, ph, splits, layout, loaders, device, baseline, targ
             "skipped_units": sum(v == "skip" for v in choices.values()),
             "notes": "derived network retrained from scratch" + note}
     arch = {**arch, "proxyless_choices": choices}
-    return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target, info=info)
+    return _finish(model, arch, cfg, ctx, ph, loaders, device, cost=cost, baseline=baseline, target=target, info=info)
 
 
 def _run_epnas(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
@@ -425,7 +413,7 @@ def _run_epnas(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
     model = train_final(model, cfg, ctx, ph, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="retrain",
                         cost=cost)
     arch = {"epnas_arch": exp["arch"], "space": "layer", "space_config": vars(space)}
-    return _finish(model, arch, cfg, ctx, ph, loaders, device, splits, baseline=baseline, target=target,
+    return _finish(model, arch, cfg, ctx, ph, loaders, device, cost=cost, baseline=baseline, target=target,
                    info={"proxy_reward": exp["proxy_reward"], "trained_models": len(ctl.records) or
                          cfg.epnas_episodes * cfg.epnas_steps * cfg.epnas_branches,
                          "notes": "EPNAS layer-by-layer space (not the baseline's); best proxy network "
