@@ -233,6 +233,8 @@ def test_gensynth_row_is_published_and_marked(tmp_path):
     s = _summary(d)
     assert s["source"] == "published" and s["comparable"] == 0
     assert s["top1"] == pytest.approx(0.916) and s["flops"] == pytest.approx(44.658e6)
+    # the distance is the survey's own (its ResNet-32 baseline, 144.369 MFLOPs / 3), not a made-up 0
+    assert s["target_deviation"] == pytest.approx(44.658 / (144.369 / 3) - 1) and s["reached"] == 1
     assert "cifar10/resnet32" in s["notes"] and s["search_time_s"] == 0
     assert not (d / "model.pt").exists()
 
