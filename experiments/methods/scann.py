@@ -23,12 +23,16 @@ a small validation split cannot tell whether a pruned network holds the baseline
 split into k stratified folds and the whole trial is repeated on each (fold-training / fold-
 validation): the baseline architecture, the same DR method and ratio (+ its DR model), and SCANN
 with the same settings and keep schedule.  Iteration ``i`` prunes to the same size in every run,
-so each iteration gets an out-of-fold accuracy over all training + validation samples; the output
-is the most compressed checkpoint of the main run whose out-of-fold accuracy is within
-``tolerance`` of the baseline architecture's out-of-fold accuracy *and* whose own validation
-accuracy is within ``tolerance`` of the baseline's (if none is, the checkpoint with the best out-of-fold accuracy).
-The test split is never used (``cv.csv``
-holds the curves).  Costs k more syntheses.
+so each iteration gets an out-of-fold accuracy over all training + validation samples.  The main
+run's own validation predictions join that pool (the checkpoint that is exported is the main run's,
+so its validation errors count), and the output is the most compressed checkpoint whose **pooled
+accuracy** (one out-of-fold prediction per training + validation sample, plus the main run's
+``n_val`` validation predictions) is within ``tolerance`` of the baseline's pooled the same way (if none is, the
+checkpoint with the best pooled accuracy).  One criterion on 512 predictions (breast_cancer) rather
+than two: an earlier version also demanded the main run's 57-sample validation accuracy alone be within
+``tolerance``, i.e. not one validation error more than a baseline that scores 100 %, so a single
+validation sample decided the size (3-seed development runs: 1 of 3 seeds fell back to the seed size,
+2.4x).  The test split is never used (``cv.csv`` holds the curves).  Costs k more syntheses.
 
 Counting: ``params`` are connections + biases of the live structure, ``flops`` 2 x connections
 per sample (+ the convolutions in image mode), both by ``search_spaces.cost`` on the exactly
@@ -398,23 +402,28 @@ def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: tor
 
 
 def _cv_choice(cfg: ScannTrialConfig, synth: ScannSynthesis, folds: list[dict[str, Any]],
-               reference_acc: float) -> tuple[Any, bool, list[dict[str, Any]], float]:
-    """The most compressed checkpoint within ``tolerance`` on both the pooled out-of-fold accuracy
-    and the main validation split (none: the best out-of-fold one); ``(checkpoint, met, cv rows,
-    baseline out-of-fold accuracy)``."""
-    n = sum(f["n"] for f in folds)
-    base = sum(f["baseline_acc"] * f["n"] for f in folds) / n
+               reference_acc: float, n_val: int) -> tuple[Any, bool, list[dict[str, Any]], float]:
+    """The most compressed checkpoint within ``tolerance`` on the pooled accuracy: the out-of-fold
+    predictions of ``folds`` plus the main run's ``n_val`` validation predictions, against the
+    baseline's (``reference_acc`` on the main validation split) pooled the same way (none: the best
+    pooled one); ``(checkpoint, met, cv rows, baseline pooled accuracy)``."""
+    n = sum(f["n"] for f in folds) + n_val
+
+    def pooled(fold_accs, val_acc):
+        return (sum(a * f["n"] for a, f in zip(fold_accs, folds)) + val_acc * n_val) / n
+
+    base = pooled([f["baseline_acc"] for f in folds], reference_acc)
     rows, eligible = [], []
     for ck in synth.checkpoints:
-        acc = sum(f["acc"][ck.iteration] * f["n"] for f in folds) / n
-        ok = acc >= base - cfg.tolerance - 1e-12 and ck.val_acc >= reference_acc - cfg.tolerance - 1e-12
+        acc = pooled([f["acc"][ck.iteration] for f in folds], ck.val_acc)
+        ok = acc >= base - cfg.tolerance - 1e-12
         rows.append({"iteration": ck.iteration, "params": ck.params, "val_acc": ck.val_acc, "cv_acc": acc,
-                     "cv_baseline_acc": base, "eligible": int(ok),
+                     "cv_baseline_acc": base, "pooled_n": n, "eligible": int(ok),
                      **{f"fold{f['fold']}_acc": f["acc"][ck.iteration] for f in folds},
                      **{f"fold{f['fold']}_params": f["params"][ck.iteration] for f in folds}})
         if ok:
             eligible.append((ck, acc))
-    if not eligible:  # none holds the accuracy: the best out-of-fold checkpoint (ties: validation, size)
+    if not eligible:  # none holds the accuracy: the best pooled checkpoint (ties: validation, size)
         ck = max(synth.checkpoints, key=lambda c: (rows[c.iteration]["cv_acc"], c.val_acc, -c.params))
         return ck, False, rows, base
     ck, _ = min(eligible, key=lambda e: (e[0].params, -e[1], -e[0].val_acc))
@@ -516,7 +525,7 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
                 bar.update(1)
                 ctx.run.save_checkpoint({"stage": "scann", "synth": synth.state_dict(), "rng": rng_state(),
                                          "cv": cv_folds, "elapsed": elapsed + time.time() - t_start})
-        chosen, met, cv_rows, cv_base = _cv_choice(cfg, synth, cv_folds, baseline["val_acc"])
+        chosen, met, cv_rows, cv_base = _cv_choice(cfg, synth, cv_folds, baseline["val_acc"], len(data.y_val))
         for r in cv_rows:
             ctx.run.append("cv", r)
         cv_acc = next(r["cv_acc"] for r in cv_rows if r["iteration"] == chosen.iteration)
@@ -566,7 +575,7 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "selected_iteration": chosen.iteration,
         "mc_met": int(met),
         "select_folds": cfg.select_folds,
-        # the accuracy estimates the choice was made on: out-of-fold (select_folds) or validation
+        # the accuracy estimates the choice was made on: pooled out-of-fold + validation (select_folds) or validation
         "selection_baseline_acc": cv_base if cv_base is not None else baseline["val_acc"],
         "selection_acc": cv_acc if cv_acc is not None else chosen.val_acc,
         **_figures("baseline", baseline),
