@@ -43,9 +43,35 @@ def _load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
+def flatten_nested_choices(params: dict[str, Any]) -> dict[str, Any]:
+    """NNI's nested choices as plain keys: ``{"dr_method": {"_name": "pca", "dr_ratio": 0.5}}`` (a
+    ``choice`` whose options are ``{_name: ..., <sub-space>}``, as GridSearch/TPE send it) becomes
+    ``{"dr_method": "pca", "dr_ratio": 0.5}``; options may nest further.  A sub-key that is also set
+    elsewhere in the same record is an error (it would be ambiguous)."""
+    from .errors import UserError
+
+    out: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, dict) and "_name" in value:
+            put(key, value["_name"])
+            for sub, v in value.items():
+                if sub != "_name":
+                    put(sub, v)
+            return
+        if key in out:
+            raise UserError(f"NNI parameter {key!r} is set twice in one record (nested choice and plain key)")
+        out[key] = value
+
+    for key, value in params.items():
+        put(key, value)
+    return out
+
+
 def resolve_config(method_name: str, *, config_file: str | None = None, overrides: dict[str, Any] | None = None,
                    nni_params: dict[str, Any] | None = None):
-    """defaults < config file < command line < NNI parameters; unknown keys are errors."""
+    """defaults < config file < command line < NNI parameters (nested choices flattened); unknown keys
+    are errors."""
     from .config import build_config
     from .methods import get_method
 
@@ -54,7 +80,7 @@ def resolve_config(method_name: str, *, config_file: str | None = None, override
     if config_file:
         merged.update(_load_yaml(config_file))
     merged.update(overrides or {})
-    merged.update(nni_params or {})
+    merged.update(flatten_nested_choices(nni_params or {}))
     return method, build_config(method.config_cls, merged)
 
 

@@ -599,13 +599,39 @@ def test_nnictl_config_sweeps_valid_trial_configs():
     assert (path.parent / conf["trialCodeDirectory"]).resolve() == ROOT
     assert "experiments.trial scann" in conf["trialCommand"] and "breast_cancer" in conf["trialCommand"]
     space = conf["searchSpace"]
-    assert {"scheme", "dr_method", "dr_ratio"} <= set(space)
-    import itertools
+    assert set(space) == {"scheme", "dr_method"}  # dr_ratio is nested under each DR method
+    from nni.algorithms.hpo.gridsearch_tuner import GridSearchTuner
+    from nni import NoMoreTrialError
 
-    keys = list(space)
-    for values in itertools.product(*(space[k]["_value"] for k in keys)):
-        assert space[keys[0]]["_type"] == "choice"
-        build_config(ScannTrialConfig, dict(zip(keys, values)))  # every grid point is a valid config
+    from experiments.trial import flatten_nested_choices
+
+    tuner = GridSearchTuner()
+    tuner.update_search_space(space)  # what nnictl hands the tuner
+    configs = []
+    while True:
+        try:
+            params = tuner.generate_parameters(len(configs))
+        except NoMoreTrialError:
+            break
+        configs.append(build_config(ScannTrialConfig, flatten_nested_choices(params)))  # every point is valid
+    keys = {(c.scheme, c.dr_method, c.dr_method != "none" and c.dr_ratio) for c in configs}
+    assert len(keys) == len(configs) == conf["maxTrialNumber"] == 3 * (1 + 9 * 3)  # no run repeated
+    assert {c.dr_method for c in configs} == {"none", "pca", "fa", "ica", "kpca", "isomap", "rp_gaussian",
+                                              "rp_binary", "rp_achlioptas", "rp_li"}
+
+
+def test_nested_choices_are_flattened_and_clashes_are_errors():
+    from experiments.trial import flatten_nested_choices, resolve_config
+
+    assert flatten_nested_choices({"scheme": "B", "dr_method": {"_name": "pca", "dr_ratio": 0.5}}) == \
+        {"scheme": "B", "dr_method": "pca", "dr_ratio": 0.5}
+    assert flatten_nested_choices({"a": {"_name": "x", "b": {"_name": "y", "c": 1}}}) == {"a": "x", "b": "y", "c": 1}
+    assert flatten_nested_choices({"dr_method": {"_name": "none"}}) == {"dr_method": "none"}
+    one_line_user_error(lambda: flatten_nested_choices({"dr_ratio": 0.25, "dr_method": {"_name": "pca", "dr_ratio": 0.5}}),
+                        "NNI parameter 'dr_ratio' is set twice")
+    _, cfg = resolve_config("scann", overrides={"dr_ratio": 0.25},
+                            nni_params={"dr_method": {"_name": "ica", "dr_ratio": 0.75}})
+    assert (cfg.dr_method, cfg.dr_ratio) == ("ica", 0.75)  # NNI's record wins over the command line
 
 
 def test_image_mode_lenet5_on_mnist5k(tmp_path):
