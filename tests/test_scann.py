@@ -503,6 +503,48 @@ def test_size_chosen_by_cross_validation_on_training_data_only(tmp_path):
     one_line_user_error(lambda: tiny(select="most_compressed", select_folds=1), "select_folds must be")
 
 
+@pytest.mark.parametrize("dr_method", ["none", "pca"])
+def test_cv_fold_scores_on_data_that_chose_nothing(monkeypatch, dr_method):
+    """A fold's held-out part is disjoint from the data every network trains on and from the data
+    that picks its epochs; together the folds' held-out parts cover training + validation once."""
+    import experiments.methods.scann as method
+
+    seen = []
+    real_train, real_synth = method.train_mlp, method.ScannSynthesis
+
+    def spy_train(hidden, data, **kw):
+        seen.append(data)
+        return real_train(hidden, data, **kw)
+
+    class SpySynth(real_synth):
+        def __init__(self, net, cfg, data, **kw):
+            seen.append(data)
+            super().__init__(net, cfg, data, **kw)
+
+    monkeypatch.setattr(method, "train_mlp", spy_train)
+    monkeypatch.setattr(method, "ScannSynthesis", SpySynth)
+    cfg = tiny(select="most_compressed", select_folds=3, scheme="C", dr_method=dr_method, dr_ratio=0.5,
+               prune_keep_schedule=[0.5, 0.2, 0.05])
+    prep = {"baseline": {"hidden": [16]}, "num_classes": 2,
+            "dr": None if dr_method == "none" else {"method": "pca", "ratio": 0.5, "hidden": [8]}}
+    held_total = 0
+    for fold in range(3):
+        seen.clear()
+        out = method._cv_fold(cfg, prep, fold, torch.device("cpu"))
+        assert len(seen) == (2 if dr_method == "none" else 3)  # baseline (+ DR model) and SCANN
+        for data in seen:
+            rows = lambda t: {tuple(r) for r in torch.round(t * 1e5).tolist()}  # noqa: E731
+            held = rows(data.X_test)
+            assert len(held) == len(data.y_test) == out["n"]
+            assert not held & rows(data.X_train) and not held & rows(data.X_val)
+            assert abs(len(data.y_val) / (len(data.y_val) + len(data.y_train)) - 57 / 455) < 0.01
+        if dr_method != "none":
+            assert seen[1].num_features == 15  # the DR model's data: fit on the fold's training part
+        assert len(out["acc"]) == 3 and all(0 <= a <= 1 for a in out["acc"])
+        held_total += out["n"]
+    assert held_total == 455
+
+
 def test_cv_choice_one_pooled_criterion_not_a_57_sample_veto():
     """One validation error more than a 100 %-scoring baseline (1.75 points on breast_cancer's 57
     validation samples) no longer vetoes a size whose out-of-fold accuracy holds; a size that loses

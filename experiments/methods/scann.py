@@ -20,10 +20,12 @@ normaliser/DR transform, tabular), ``summary.json``.
 Choosing the size by cross-validation (``select_folds`` = k >= 2, tabular, ``select=most_compressed``):
 a small validation split cannot tell whether a pruned network holds the baseline's accuracy
 (breast_cancer: 57 samples, one sample = 1.75 points).  The training and validation data are then
-split into k stratified folds and the whole trial is repeated on each (fold-training / fold-
-validation): the baseline architecture, the same DR method and ratio (+ its DR model), and SCANN
-with the same settings and keep schedule.  Iteration ``i`` prunes to the same size in every run,
-so each iteration gets an out-of-fold accuracy over all training + validation samples.  The main
+split into k stratified folds and the whole trial is repeated on each: the baseline architecture,
+the same DR method and ratio (+ its DR model), and SCANN with the same settings and keep schedule,
+trained on the other k - 1 folds (split again into training and validation data for choosing
+epochs) and scored on the held-out fold, which chooses nothing.  Iteration ``i`` prunes to the
+same size in every run, so each iteration gets an out-of-fold accuracy over all training +
+validation samples.  The main
 run's own validation predictions join that pool (the checkpoint that is exported is the main run's,
 so its validation errors count), and the output is the most compressed checkpoint whose **pooled
 accuracy** (one out-of-fold prediction per training + validation sample, plus the main run's
@@ -368,27 +370,39 @@ def _prepare_image(cfg: ScannTrialConfig, ctx: RunContext, device: torch.device,
 
 
 def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: torch.device) -> dict[str, Any]:
-    """One fold of ``select_folds``: the trial's pipeline on fold-training data, scored on the fold's
-    held-out part (baseline architecture, the chosen DR method/ratio + DR model, SCANN)."""
+    """One fold of ``select_folds``: the trial's pipeline on the fold's training part (baseline
+    architecture, the chosen DR method/ratio + DR model, SCANN), scored on its held-out part.
+
+    The held-out part is only scored, never used to choose anything: the fold's training part is
+    split again (stratified, the main run's validation share of training + validation) into
+    fold-training and fold-validation data, the normaliser and the DR model are fit on the
+    fold-training data, and the epochs each network keeps (the baseline's best, each SCANN
+    iteration's best) are chosen on the fold-validation data.  Scoring on the data that also picked
+    the epochs would favour the network picked from more epochs (the baseline: 100, a SCANN size: 40).
+    """
     import numpy as np
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, train_test_split
 
     splits = load_tabular_dataset(cfg.dataset, csv=cfg.csv, label=cfg.label, val_fraction=cfg.val_fraction,
                                   test_fraction=cfg.test_fraction, seed=cfg.seed)
     X = np.vstack([splits.X_train, splits.X_val])
     y = np.concatenate([splits.y_train, splits.y_val])
     folds = StratifiedKFold(n_splits=cfg.select_folds, shuffle=True, random_state=cfg.seed).split(X, y)
-    tr, va = list(folds)[fold]
+    rest, held = list(folds)[fold]
+    tr, va = train_test_split(rest, test_size=len(splits.y_val) / len(y), stratify=y[rest],
+                              random_state=cfg.seed * 1009 + fold)
     kw = _train_kwargs(cfg)
     norm = RangeNormalizer().fit(X[tr])
-    full = TensorData.from_arrays(norm.transform(X[tr]), y[tr], norm.transform(X[va]), y[va], device=device)
+    full = TensorData.from_arrays(norm.transform(X[tr]), y[tr], norm.transform(X[va]), y[va],
+                                  norm.transform(X[held]), y[held], device=device)
     hidden = tuple(prep["baseline"]["hidden"])
     base_net, base_fig = train_mlp(hidden, full, epochs=cfg.baseline_epochs, **kw)
     dr, data, seed_net, seed_neurons = prep["dr"], full, base_net, sum(hidden)
     if dr is not None:
-        reduced = reduce_dataset(X[tr], X[va], method=dr["method"], ratio=dr["ratio"], seed=cfg.seed,
+        reduced = reduce_dataset(X[tr], X[va], X[held], method=dr["method"], ratio=dr["ratio"], seed=cfg.seed,
                                  allow_transductive=cfg.allow_transductive, blas_threads=cfg.threads or 1)
-        data = TensorData.from_arrays(reduced.X_train, y[tr], reduced.X_val, y[va], device=device)
+        data = TensorData.from_arrays(reduced.X_train, y[tr], reduced.X_val, y[va], reduced.X_test, y[held],
+                                      device=device)
         seed_net, _ = train_mlp(tuple(dr["hidden"]), data, epochs=cfg.baseline_epochs, **kw)
         seed_neurons = sum(dr["hidden"])
     scfg = cfg.scann_config(seed_neurons)
@@ -397,8 +411,8 @@ def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: tor
                        generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     synth = ScannSynthesis(net, scfg, data, seed=cfg.seed)
     synth.run()
-    return {"fold": fold, "n": len(va), "baseline_acc": base_fig["val_acc"],
-            "acc": [r["val_acc"] for r in synth.history], "params": [r["params"] for r in synth.history]}
+    return {"fold": fold, "n": len(held), "baseline_acc": base_fig["test_acc"],
+            "acc": [r["test_acc"] for r in synth.history], "params": [r["params"] for r in synth.history]}
 
 
 def _cv_choice(cfg: ScannTrialConfig, synth: ScannSynthesis, folds: list[dict[str, Any]],
