@@ -149,6 +149,18 @@ class ExperimentRun:
                     return path
         return self.experiment_dir / "environments" / "local-env" / "trials" / trial_job_id
 
+    @property
+    def trial_ids(self) -> list[str]:
+        return [j["trialJobId"] for j in self.trial_jobs]
+
+    def succeeded(self, n: int) -> bool:
+        """Exactly ``n`` trials, all SUCCEEDED."""
+        return len(self.trial_jobs) == n and all(j.get("status") == "SUCCEEDED" for j in self.trial_jobs)
+
+    def run_record(self, trial_job_id: str) -> dict[str, Any]:
+        """The trial's run-folder ``config.json``: the config it ran (``config``) and its NNI ids (``nni``)."""
+        return json.loads((self.trial_output_dir(trial_job_id) / "config.json").read_text())
+
     def hyper_parameters(self, trial_job_id: str) -> dict[str, Any]:
         """The parameter record the web UI shows for a trial (``parameter_id``, ``parameters`` ...)."""
         job = next(j for j in self.trial_jobs if j["trialJobId"] == trial_job_id)

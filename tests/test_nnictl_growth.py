@@ -1,7 +1,6 @@
 """growth_demo.yml (the embedded-data variant of growth_budgets.yml) under a real nnictl, at tiny
 settings: every trial succeeds, reports numeric final metrics incl. training FLOPs, and the
 analysis draws the growth pictures from the experiment folder."""
-import json
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,10 @@ def test_growth_demo_config_under_nnictl(tmp_path):
     config["trialCommand"] += " --epochs 2 --limit 64 --max_blocks 2 --progress false"
     config["maxTrialNumber"] = 2
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
-        jobs = exp.trial_jobs
-        assert len(jobs) == 2 and all(j["status"] == "SUCCEEDED" for j in jobs), exp.log_tail()
-        for job in jobs:
-            tid = job["trialJobId"]
+        assert exp.succeeded(2), exp.log_tail()
+        for tid in exp.trial_ids:
             shown = exp.hyper_parameters(tid)["parameters"]
-            cfg = json.loads((exp.trial_output_dir(tid) / "config.json").read_text())["config"]
+            cfg = exp.run_record(tid)["config"]
             assert cfg["family"] == shown["family"] and cfg["budget"] == shown["budget"]
             final = exp.final_metric(tid)
             assert {"default", "params", "flops", "train_flops"} <= set(final)

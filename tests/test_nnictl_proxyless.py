@@ -27,14 +27,12 @@ def test_scope_study_under_nnictl(tmp_path, run_notebook):
         "trainingService": {"platform": "local", "useActiveGpu": False},
     }
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
-        jobs = exp.trial_jobs
-        assert len(jobs) == 3 and all(j["status"] == "SUCCEEDED" for j in jobs), exp.log_tail()
+        assert exp.succeeded(3), exp.log_tail()
         seen = set()
-        for job in jobs:
-            tid = job["trialJobId"]
+        for tid in exp.trial_ids:
             shown = exp.hyper_parameters(tid)
             out = exp.trial_output_dir(tid)
-            cfg = json.loads((out / "config.json").read_text())
+            cfg = exp.run_record(tid)
             assert cfg["config"]["scope"] == shown["parameters"]["scope"]  # ran what the web UI shows
             assert cfg["nni"]["parameter_id"] == shown["parameter_id"]
             seen.add(shown["parameters"]["scope"])

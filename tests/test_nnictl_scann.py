@@ -2,7 +2,6 @@
 reaches each trial as flat keys, the web UI shows the parameters the trial ran and numeric final
 metrics (accuracy, connections, params, FLOPs, compression ratio), val_acc per SCANN iteration,
 and the analysis of the experiment folder writes the paper's tables, the front and graph drawings."""
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -29,13 +28,11 @@ def test_scann_schemes_config_under_nnictl(tmp_path):
     config["trialCommand"] += " --baseline_hidden [16] --baseline_epochs 3 --epochs_per_op 2"
     config["maxTrialNumber"] = 2
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
-        jobs = exp.trial_jobs
-        assert len(jobs) == 2 and all(j["status"] == "SUCCEEDED" for j in jobs), exp.log_tail()
+        assert exp.succeeded(2), exp.log_tail()
         ran = set()
-        for job in jobs:
-            tid = job["trialJobId"]
+        for tid in exp.trial_ids:
             shown = exp.hyper_parameters(tid)["parameters"]
-            cfg = json.loads((exp.trial_output_dir(tid) / "config.json").read_text())["config"]
+            cfg = exp.run_record(tid)["config"]
             assert cfg["dr_method"] == shown["dr_method"]["_name"]  # the web UI shows the nested record
             if cfg["dr_method"] == "pca":
                 assert cfg["dr_ratio"] == shown["dr_method"]["dr_ratio"] == 0.5

@@ -1,7 +1,6 @@
 """compact_survey_demo.yml under a real nnictl at tiny settings: one trial per variant succeeds,
 the web UI gets the right parameters and numeric final metrics, and the analysis of the
 experiment folder writes the survey table and plot."""
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -24,13 +23,11 @@ def test_compact_survey_demo_config_under_nnictl(tmp_path):
                                " --width 0.25 --progress false")
     config["maxTrialNumber"] = len(variants)
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
-        jobs = exp.trial_jobs
-        assert len(jobs) == 3 and all(j["status"] == "SUCCEEDED" for j in jobs), exp.log_tail()
+        assert exp.succeeded(3), exp.log_tail()
         seen = set()
-        for job in jobs:
-            tid = job["trialJobId"]
+        for tid in exp.trial_ids:
             shown = exp.hyper_parameters(tid)["parameters"]
-            cfg = json.loads((exp.trial_output_dir(tid) / "config.json").read_text())["config"]
+            cfg = exp.run_record(tid)["config"]
             assert cfg["variant"] == shown["variant"]
             seen.add(cfg["variant"])
             final = exp.final_metric(tid)
