@@ -161,6 +161,10 @@ class ExperimentRun:
         """The trial's run-folder ``config.json``: the config it ran (``config``) and its NNI ids (``nni``)."""
         return json.loads((self.trial_output_dir(trial_job_id) / "config.json").read_text())
 
+    def trials(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Per trial: its id, the parameters the web UI shows for it and the config it ran."""
+        return [(t, self.hyper_parameters(t)["parameters"], self.run_record(t)["config"]) for t in self.trial_ids]
+
     def hyper_parameters(self, trial_job_id: str) -> dict[str, Any]:
         """The parameter record the web UI shows for a trial (``parameter_id``, ``parameters`` ...)."""
         job = next(j for j in self.trial_jobs if j["trialJobId"] == trial_job_id)

@@ -22,9 +22,7 @@ def test_growth_demo_config_under_nnictl(tmp_path):
     config["maxTrialNumber"] = 2
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
         assert exp.succeeded(2), exp.log_tail()
-        for tid in exp.trial_ids:
-            shown = exp.hyper_parameters(tid)["parameters"]
-            cfg = exp.run_record(tid)["config"]
+        for tid, shown, cfg in exp.trials():
             assert cfg["family"] == shown["family"] and cfg["budget"] == shown["budget"]
             final = exp.final_metric(tid)
             assert {"default", "params", "flops", "train_flops"} <= set(final)

@@ -30,9 +30,7 @@ def test_scann_schemes_config_under_nnictl(tmp_path):
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
         assert exp.succeeded(2), exp.log_tail()
         ran = set()
-        for tid in exp.trial_ids:
-            shown = exp.hyper_parameters(tid)["parameters"]
-            cfg = exp.run_record(tid)["config"]
+        for tid, shown, cfg in exp.trials():
             assert cfg["dr_method"] == shown["dr_method"]["_name"]  # the web UI shows the nested record
             if cfg["dr_method"] == "pca":
                 assert cfg["dr_ratio"] == shown["dr_method"]["dr_ratio"] == 0.5

@@ -25,9 +25,7 @@ def test_compact_survey_demo_config_under_nnictl(tmp_path):
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
         assert exp.succeeded(3), exp.log_tail()
         seen = set()
-        for tid in exp.trial_ids:
-            shown = exp.hyper_parameters(tid)["parameters"]
-            cfg = exp.run_record(tid)["config"]
+        for tid, shown, cfg in exp.trials():
             assert cfg["variant"] == shown["variant"]
             seen.add(cfg["variant"])
             final = exp.final_metric(tid)
