@@ -376,7 +376,8 @@ def main(argv=None) -> int:
         if value is not None and value < 1:
             print(f"error: {flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
-    _folds(args.select_folds), _recovery(args.scann_recovery)  # bad specs fail before any run
+    _folds(args.select_folds)  # bad specs fail before any run
+    _recovery(args.scann_recovery)
     if not args.resume:
         import shutil
 
