@@ -20,9 +20,15 @@ features, ``r`` being the *feature compression ratio* in (0, 1).  Methods (sciki
                    validation and test data *together* (the result is marked ``transductive``)
 =================  ========================================================================
 
-Deviation: the reduced features are range-normalised again (fit on the reduced training split),
-so every method hands the network inputs on the same scale (the paper normalises only before DR;
-KPCA or Isomap outputs otherwise differ in scale by orders of magnitude).
+Deviation: the reduced features are centred and divided by *one* scale for all of them
+(:class:`GlobalScaler`, fit on the reduced training split), so every method hands the network
+inputs of unit overall spread (the paper normalises only before DR; KPCA or Isomap outputs otherwise
+differ in scale by orders of magnitude).  One scalar keeps the relative spread of the components --
+PCA's ordering by variance, a random projection's geometry -- as the paper's unnormalised outputs do.
+An earlier version range-normalised every reduced feature to [0, 1] again; that blew the
+low-variance tail components (mostly noise) up to the scale of the principal ones, and on digits
+the DR models lost about 2 points of test accuracy to it (PCA and Gaussian RP at ratios 0.75 and
+0.5 on 2 splits: 95.8 % mean vs 97.9 % with one global scale; baseline 98.2 %).
 
 Algorithm 1 (:func:`dr_search`): for every method and every ratio (largest first) reduce the data,
 train the *DR model* -- the baseline MLP with every hidden layer shrunk by the same ratio
@@ -51,6 +57,7 @@ __all__ = [
     "INDUCTIVE_METHODS",
     "DRMethod",
     "RangeNormalizer",
+    "GlobalScaler",
     "ReducedData",
     "DREval",
     "DRCandidate",
@@ -64,32 +71,74 @@ __all__ = [
 ]
 
 
-class RangeNormalizer:
+class _AffineScaler:
+    """``(x - shift) / scale`` with both fitted on the data given to :meth:`fit` (subclasses say how)."""
+
+    what = "scaling"
+
+    def _fit(self, X: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _shift_scale(self):
+        raise NotImplementedError
+
+    def fit(self, X: np.ndarray):
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or len(X) == 0:
+            raise UserError(f"{self.what} needs a non-empty 2-D array, got shape {X.shape}")
+        self._fit(X)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        shift, scale = self._shift_scale()
+        if shift is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        return (np.asarray(X, dtype=np.float64) - shift) / scale
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        return self.fit(X).transform(X)
+
+
+class RangeNormalizer(_AffineScaler):
     """Per-feature ``(x - min) / (max - min)`` with min/max from the data given to :meth:`fit`.
 
     Constant features (max == min) are only shifted (range taken as 1), never divided by 0.
     """
 
+    what = "range normalisation"
+
     def __init__(self):
         self.min_: np.ndarray | None = None
         self.range_: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray) -> "RangeNormalizer":
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or len(X) == 0:
-            raise UserError(f"range normalisation needs a non-empty 2-D array, got shape {X.shape}")
+    def _fit(self, X: np.ndarray) -> None:
         self.min_ = X.min(0)
         span = X.max(0) - self.min_
         self.range_ = np.where(span > 0, span, 1.0)
-        return self
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        if self.min_ is None:
-            raise RuntimeError("RangeNormalizer is not fitted")
-        return (np.asarray(X, dtype=np.float64) - self.min_) / self.range_
+    def _shift_scale(self):
+        return self.min_, self.range_
 
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        return self.fit(X).transform(X)
+
+class GlobalScaler(_AffineScaler):
+    """``(x - mean) / scale``: per-feature mean, one ``scale`` for all features -- the root mean
+    square of the per-feature standard deviations -- from the data given to :meth:`fit`.
+
+    Unlike a per-feature normalisation it keeps the features' relative spread (a low-variance
+    principal component stays small).  Data with no spread at all are only centred.
+    """
+
+    def __init__(self):
+        self.mean_: np.ndarray | None = None
+        self.scale_: float | None = None
+
+    def _fit(self, X: np.ndarray) -> None:
+        self.mean_ = X.mean(0)
+        scale = float(np.sqrt(np.mean(X.var(0))))
+        self.scale_ = scale if scale > 0 else 1.0
+
+    def _shift_scale(self):
+        return self.mean_, self.scale_
 
 
 @dataclass(frozen=True)
@@ -206,7 +255,7 @@ class ReducedData:
     transductive: bool
     normalizer: RangeNormalizer = field(repr=False)
     reducer: Any = field(repr=False)
-    post_normalizer: RangeNormalizer = field(repr=False)
+    post_normalizer: GlobalScaler = field(repr=False)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Map new raw samples like the training data (inductive methods only)."""
@@ -218,7 +267,8 @@ class ReducedData:
 def reduce_dataset(X_train: np.ndarray, X_val: np.ndarray, X_test: np.ndarray | None = None, *, method: str,
                    ratio: float, seed: int = 0, allow_transductive: bool = False,
                    blas_threads: int | None = 1) -> ReducedData:
-    """Range-normalise (fit on train), reduce to ``round(ratio * d)`` features (fit on train).
+    """Range-normalise (fit on train), reduce to ``round(ratio * d)`` features (fit on train), then
+    centre and scale them with one :class:`GlobalScaler` (fit on the reduced training data).
 
     ``blas_threads`` limits BLAS threads while fitting (``None``: leave them alone): tabular data
     are small, and a multi-threaded BLAS on a busy machine made factor analysis ~50x slower.
@@ -249,7 +299,7 @@ def reduce_dataset(X_train: np.ndarray, X_val: np.ndarray, X_test: np.ndarray | 
     reduced = [np.asarray(r, dtype=np.float64) for r in reduced]
     if not all(np.isfinite(r).all() for r in reduced):
         raise UserError(f"DR method {method!r} produced non-finite features at ratio {ratio}")
-    post = RangeNormalizer().fit(reduced[0])
+    post = GlobalScaler().fit(reduced[0])
     reduced = [post.transform(r) for r in reduced]
     return ReducedData(method=method, ratio=ratio, n_components=k, X_train=reduced[0], X_val=reduced[1],
                        X_test=reduced[2] if X_test is not None else None, transductive=transductive,

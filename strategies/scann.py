@@ -563,8 +563,12 @@ def mlp_net(num_inputs: int, hidden: Sequence[int], num_outputs: int, *, generat
 
 def train_mlp(hidden: Sequence[int], data: TensorData, *, epochs: int, optimizer: str = "adam", lr: float = 3e-3,
               momentum: float = 0.0, weight_decay: float = 1e-4, batch_size: int = 64, seed: int = 0,
-              eval_every: int = 1) -> tuple[FeedForwardNet, dict[str, float]]:
-    """Train a dense MLP; keep its best-validation epoch (accuracy, ties: loss).  Returns ``(net, figures)``."""
+              eval_every: int = 1, keep: str = "best") -> tuple[FeedForwardNet, dict[str, float]]:
+    """Train a dense MLP; keep its best-validation epoch (accuracy, ties: loss), or with
+    ``keep="last"`` its last epoch (the validation data then choose nothing: ``epochs`` is fixed by
+    the caller, e.g. to the epoch another run chose).  Returns ``(net, figures)``."""
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     gen = torch.Generator().manual_seed(seed)
     net = mlp_net(data.num_features, hidden, data.num_classes, generator=gen).to(data.X_train.device)
     cfg = ScannConfig(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size)
@@ -573,6 +577,9 @@ def train_mlp(hidden: Sequence[int], data: TensorData, *, epochs: int, optimizer
     for epoch in range(0, epochs, eval_every):
         train_epochs(net, opt, data.X_train, data.y_train, epochs=min(eval_every, epochs - epoch),
                      batch_size=batch_size, generator=gen, where=f"MLP {tuple(hidden)}")
+        if keep == "last":
+            best, best_epoch = net.snapshot(), min(epoch + eval_every, epochs)
+            continue
         loss, acc = evaluate(net, data.X_val, data.y_val)
         if best_key is None or (acc, -loss) > best_key:  # ties in accuracy: lower validation loss
             best, best_key, best_epoch = net.snapshot(), (acc, -loss), epoch + eval_every
@@ -650,12 +657,22 @@ class ScannSynthesis:
     ``cost_fn(net) -> (params, flops)`` defaults to the FC network's sparse cost; image mode
     passes one that adds the convolutional extractor.  The test split (if any) is evaluated for
     the record only; it never influences a choice.
+
+    ``epoch_plan`` (one epoch number per iteration, 1-based) replaces the validation choice of
+    each checkpoint's epoch: iteration ``i``'s checkpoint is its state after ``epoch_plan[i]``
+    recovery epochs, so the validation data choose nothing (a cross-validation fold replays the
+    epochs its main run chose, see ``experiments.methods.scann``).  Every record holds the epoch
+    its checkpoint was taken at (``epoch``).
     """
 
     def __init__(self, net: FeedForwardNet, cfg: ScannConfig, data: TensorData, *, seed: int = 0,
                  reference_acc: float | None = None, tolerance: float = 0.005, cost_fn: CostFn | None = None,
-                 keep_all: bool = False):
+                 keep_all: bool = False, epoch_plan: Sequence[int] | None = None):
         self.net = net
+        self.epoch_plan = list(epoch_plan) if epoch_plan is not None else None
+        if self.epoch_plan is not None and len(self.epoch_plan) < cfg.iterations + 1:
+            raise ValueError(f"epoch_plan needs one epoch per iteration ({cfg.iterations + 1}), "
+                             f"got {len(self.epoch_plan)}")
         self.keep_all = keep_all
         self.cfg = cfg
         self.data = data
@@ -693,9 +710,10 @@ class ScannSynthesis:
                             batch_size=self.cfg.batch_size, generator=self.generator,
                             where=f"SCANN iteration {self.iteration} ({what})")
 
-    def _train_tracked(self, epochs: int, what: str) -> tuple[tuple[float, float], dict[str, Any] | None]:
+    def _train_tracked(self, epochs: int, what: str) -> tuple[tuple[float, float], dict[str, Any] | None, int]:
         """Train after the iteration's last pruning; with ``checkpoint_epochs`` return the snapshot
-        of the best-validation epoch (the network itself keeps its last state)."""
+        of the best-validation epoch, or with ``epoch_plan`` the one after the planned epoch (the
+        network itself keeps its last state); ``(train figures, snapshot or None, its epoch)``."""
         cfg = self.cfg
         lr0 = cfg.recovery_lr if cfg.recovery_lr is not None else cfg.lr
 
@@ -706,17 +724,24 @@ class ScannSynthesis:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr0 * f
 
-        best, best_key, tr = None, None, (float("nan"), float("nan"))
+        best, best_key, best_epoch, tr = None, None, epochs, (float("nan"), float("nan"))
+        planned = None
+        if self.epoch_plan is not None:
+            planned = min(max(int(self.epoch_plan[self.iteration]), 1), epochs)
         try:
             for e in range(epochs):
                 set_lr(e)
                 tr = self._train(1, what)
+                if planned is not None:
+                    if e + 1 == planned:
+                        best, best_epoch = self.net.snapshot(), planned
+                    continue
                 if not cfg.checkpoint_epochs:
                     continue
                 loss, acc = evaluate(self.net, self.data.X_val, self.data.y_val)
                 if best_key is None or (acc, -loss) > best_key:  # ties in accuracy: lower validation loss
-                    best, best_key = self.net.snapshot(), (acc, -loss)
-            return tr, best
+                    best, best_key, best_epoch = self.net.snapshot(), (acc, -loss), e + 1
+            return tr, best, best_epoch
         finally:
             for g in self.optimizer.param_groups:
                 g["lr"] = cfg.lr
@@ -741,14 +766,14 @@ class ScannSynthesis:
         t0 = time.time()
         counts = {"grown": 0, "pruned": 0, "neurons_added": 0, "neurons_removed": 0}
         tr = (float("nan"), float("nan"))
-        snap = None
+        snap, epoch = None, cfg.epochs_per_op
         if self.iteration == 0:
             ops = ["seed"]
             if cfg.initial_epochs:
                 tr = self._train(cfg.initial_epochs, "seed")
             ops.append("prune")
             self._prune(counts, 0, initial=True)
-            tr, snap = self._train_tracked(cfg.epochs_per_op, "prune")
+            tr, snap, epoch = self._train_tracked(cfg.epochs_per_op, "prune")
         else:
             ops = list(cfg.ops)
             for i, op in enumerate(ops):
@@ -769,15 +794,15 @@ class ScannSynthesis:
                 elif op == "prune":
                     self._prune(counts, self.iteration)
                 if i == len(ops) - 1:
-                    tr, snap = self._train_tracked(cfg.epochs_per_op, op)
+                    tr, snap, epoch = self._train_tracked(cfg.epochs_per_op, op)
                 elif cfg.epochs_per_op:
                     tr = self._train(cfg.epochs_per_op, op)
-        record = self._record(ops, counts, tr, time.time() - t0, snap)
+        record = self._record(ops, counts, tr, time.time() - t0, snap, epoch)
         self.iteration += 1
         return record
 
     def _record(self, ops: list[str], counts: dict[str, int], train: tuple[float, float], seconds: float,
-                snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+                snapshot: dict[str, Any] | None = None, epoch: int | None = None) -> dict[str, Any]:
         data = self.data
         net = FeedForwardNet.from_snapshot(snapshot) if snapshot is not None else self.net
         net = net.cleaned()  # same function; the figures are those of the real structure
@@ -800,7 +825,7 @@ class ScannSynthesis:
         record = {"iteration": self.iteration, "ops": "+".join(ops), "train_loss": train[0], "train_acc": train[1],
                   "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
                   "params": params, "flops": flops, **stats, "raw_connections": self.net.connections,
-                  "raw_neurons": self.net.num_hidden, **counts, "time_s": seconds}
+                  "raw_neurons": self.net.num_hidden, **counts, "epoch": epoch, "time_s": seconds}
         self.history.append(record)
         return record
 

@@ -17,6 +17,7 @@ import yaml
 from experiments import nni_bridge
 from experiments.config import build_config
 from experiments.errors import UserError, exit_on_error
+from experiments.data import load_tabular_dataset
 from experiments.harness import execute
 from experiments.methods.scann import ScannTrialConfig, run as scann_run
 from search_spaces import cost
@@ -380,6 +381,42 @@ def test_recovery_lr_applies_to_the_training_after_pruning_only(schedule):
     one_line_user_error(lambda: ScannConfig(recovery_schedule="step"), "recovery_schedule")
 
 
+def test_epoch_plan_replays_the_epochs_validation_chose(monkeypatch):
+    """A run given the epochs another run's validation chose (``epoch_plan``) keeps exactly those
+    checkpoints without looking at validation data; a plan too short for the iterations is refused."""
+    data = toy_split(3)
+    base, _ = train_mlp((12,), data, epochs=5, lr=1e-2)
+    cfg = ScannConfig.for_scheme("C", baseline_neurons=12, iterations=3, initial_epochs=2, epochs_per_op=4,
+                                 lr=1e-2, prune_keep=0.4)
+
+    def fresh(**kw):
+        net = seed_network(cfg, 8, 2, baseline=base, generator=torch.Generator().manual_seed(0))
+        return ScannSynthesis(net, cfg, data, seed=0, keep_all=True, **kw)
+
+    chosen = fresh()
+    chosen.run()
+    plan = [r["epoch"] for r in chosen.history]
+    assert all(1 <= e <= 4 for e in plan)
+    replay = fresh(epoch_plan=plan)
+    import strategies.scann as strat
+
+    calls, real = [], strat.evaluate
+    monkeypatch.setattr(strat, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(cfg.iterations + 1):
+        n = len(calls)
+        replay.step()
+        assert len(calls) - n == 2  # the record's validation and test scores only: no per-epoch choice
+    assert [r["epoch"] for r in replay.history] == plan
+    for a, b in zip(chosen.checkpoints, replay.checkpoints):
+        assert (a.params, a.val_acc, a.test_acc) == (b.params, b.val_acc, b.test_acc)
+        assert torch.equal(a.snapshot["weight"], b.snapshot["weight"])
+    with pytest.raises(ValueError, match="epoch_plan"):
+        fresh(epoch_plan=plan[:2])
+    # train_mlp(keep="last") keeps the last of the epochs it is given
+    net, fig = train_mlp((12,), data, epochs=3, lr=1e-2, keep="last")
+    assert fig["epochs"] == 3
+
+
 def test_synthesis_state_dict_resumes_identically():
     data = toy_split(2)
     cfg = ScannConfig.for_scheme("B", baseline_neurons=10, groups=2, iterations=3, initial_epochs=4,
@@ -470,26 +507,26 @@ def test_trial_resumes_after_a_crash(tmp_path, monkeypatch):
 
 
 def test_size_chosen_by_cross_validation_on_training_data_only(tmp_path):
-    """select_folds: every iteration gets a pooled accuracy, out-of-fold over train + validation plus
-    the main run's validation predictions; the output is the smallest checkpoint within tolerance of
-    the baseline's pooled accuracy (never test)."""
+    """select_folds: every iteration gets a pooled accuracy over every training + validation sample
+    once (the folds' held-out chunks of the training split plus the main run's validation
+    predictions); the output is the smallest checkpoint within tolerance of the baseline's pooled
+    accuracy (never test)."""
     nni_bridge._reset_for_tests()
-    cfg = tiny(select="most_compressed", select_folds=2, scheme="C", dr_method="pca", dr_ratio=0.5,
+    cfg = tiny(select="most_compressed", select_folds=3, scheme="C", dr_method="pca", dr_ratio=0.5,
                prune_keep_schedule=[0.5, 0.2, 0.05], tolerance=0.02)
     summary = execute("scann", cfg, scann_run, tmp_path / "run")
     import pandas as pd
 
     cv = pd.read_csv(tmp_path / "run" / "cv.csv")
     assert list(cv["iteration"]) == [0, 1, 2]
-    # 455 out-of-fold predictions (two near-equal halves: 228 + 227) and the main run's 57 validation ones
-    assert set(cv["pooled_n"]) == {455 + 57}
-    for n0 in (227, 228):  # which half has the extra sample is up to the stratified split
-        pooled = (cv["fold0_acc"] * n0 + cv["fold1_acc"] * (455 - n0) + cv["val_acc"] * 57) / 512
-        if np.allclose(cv["cv_acc"], pooled, atol=1e-9):
-            break
-    else:
-        raise AssertionError(f"cv_acc is not the pooled accuracy: {cv.to_dict()}")
-    assert np.allclose(cv["cv_acc"] * 512, (cv["cv_acc"] * 512).round(), atol=1e-6)
+    # 398 training samples held out in two chunks (199 + 199) and the main run's 57 validation ones
+    assert set(cv["pooled_n"]) == {455} and "fold2_acc" not in cv
+    pooled = (cv["fold0_acc"] * 199 + cv["fold1_acc"] * 199 + cv["val_acc"] * 57) / 455
+    assert np.allclose(cv["cv_acc"], pooled, atol=1e-9), cv.to_dict()
+    assert np.allclose(cv["cv_acc"] * 455, (cv["cv_acc"] * 455).round(), atol=1e-6)
+    # the main run records the epoch each checkpoint was kept at (the folds replay them)
+    structure = pd.read_csv(tmp_path / "run" / "structure.csv")
+    assert structure["epoch"].between(1, cfg.epochs_per_op).all()
     ok = cv["cv_acc"] >= cv["cv_baseline_acc"] - 0.02 - 1e-12
     assert list(cv["eligible"]) == list(ok.astype(int))
     if ok.any():
@@ -500,49 +537,57 @@ def test_size_chosen_by_cross_validation_on_training_data_only(tmp_path):
     assert summary["selection_baseline_acc"] == pytest.approx(cv["cv_baseline_acc"].iloc[0])
     one_line_user_error(lambda: tiny(select_folds=3), "select_folds applies to tabular data sets with "
                                                       "select=most_compressed")
-    one_line_user_error(lambda: tiny(select="most_compressed", select_folds=1), "select_folds must be")
+    for k in (1, 2):
+        one_line_user_error(lambda: tiny(select="most_compressed", select_folds=k), "select_folds must be")
 
 
 @pytest.mark.parametrize("dr_method", ["none", "pca"])
 def test_cv_fold_scores_on_data_that_chose_nothing(monkeypatch, dr_method):
-    """A fold's held-out part is disjoint from the data every network trains on and from the data
-    that picks its epochs; together the folds' held-out parts cover training + validation once."""
+    """A fold's held-out chunk is disjoint from the data every network trains on, chooses no epoch
+    (each network keeps the epoch the main run chose: ``keep="last"`` after the main run's epochs,
+    SCANN's ``epoch_plan``), and the fold trains on as many samples as the main run (k = 8 on
+    breast_cancer: 398 training / 57 validation samples); the chunks cover the training split once."""
     import experiments.methods.scann as method
 
-    seen = []
+    seen, calls = [], []
     real_train, real_synth = method.train_mlp, method.ScannSynthesis
 
     def spy_train(hidden, data, **kw):
         seen.append(data)
+        calls.append(("mlp", kw["epochs"], kw.get("keep")))
         return real_train(hidden, data, **kw)
 
     class SpySynth(real_synth):
         def __init__(self, net, cfg, data, **kw):
             seen.append(data)
+            calls.append(("scann", kw.get("epoch_plan")))
             super().__init__(net, cfg, data, **kw)
 
     monkeypatch.setattr(method, "train_mlp", spy_train)
     monkeypatch.setattr(method, "ScannSynthesis", SpySynth)
-    cfg = tiny(select="most_compressed", select_folds=3, scheme="C", dr_method=dr_method, dr_ratio=0.5,
+    cfg = tiny(select="most_compressed", select_folds=8, scheme="C", dr_method=dr_method, dr_ratio=0.5,
                prune_keep_schedule=[0.5, 0.2, 0.05])
-    prep = {"baseline": {"hidden": [16]}, "num_classes": 2,
-            "dr": None if dr_method == "none" else {"method": "pca", "ratio": 0.5, "hidden": [8]}}
+    prep = {"baseline": {"hidden": [16], "epochs": 4}, "num_classes": 2,
+            "dr": None if dr_method == "none" else {"method": "pca", "ratio": 0.5, "hidden": [8], "epochs": 3}}
+    plan = [2, 1, 2]
+    splits = load_tabular_dataset("breast_cancer", seed=cfg.seed)
+    rows = lambda t: {tuple(r) for r in np.round(np.asarray(t), 5).tolist()}  # noqa: E731
     held_total = 0
-    for fold in range(3):
-        seen.clear()
-        out = method._cv_fold(cfg, prep, fold, torch.device("cpu"))
-        assert len(seen) == (2 if dr_method == "none" else 3)  # baseline (+ DR model) and SCANN
+    for fold in range(7):
+        seen.clear(), calls.clear()
+        out = method._cv_fold(cfg, prep, fold, torch.device("cpu"), plan)
+        want = [("mlp", 4, "last")] + ([("mlp", 3, "last")] if dr_method != "none" else []) + [("scann", plan)]
+        assert calls == want
+        assert abs(out["n_train"] - len(splits.y_train)) <= 1  # 398 - 57 + 57
         for data in seen:
-            rows = lambda t: {tuple(r) for r in torch.round(t * 1e5).tolist()}  # noqa: E731
-            held = rows(data.X_test)
-            assert len(held) == len(data.y_test) == out["n"]
-            assert not held & rows(data.X_train) and not held & rows(data.X_val)
-            assert abs(len(data.y_val) / (len(data.y_val) + len(data.y_train)) - 57 / 455) < 0.01
+            held = rows(data.X_test.numpy())
+            assert len(held) == len(data.y_test) == out["n"] and len(data.y_train) == out["n_train"]
+            assert not held & rows(data.X_train.numpy())
         if dr_method != "none":
             assert seen[1].num_features == 15  # the DR model's data: fit on the fold's training part
         assert len(out["acc"]) == 3 and all(0 <= a <= 1 for a in out["acc"])
         held_total += out["n"]
-    assert held_total == 455
+    assert held_total == len(splits.y_train)
 
 
 def test_cv_choice_one_pooled_criterion_not_a_57_sample_veto():
