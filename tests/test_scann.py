@@ -643,6 +643,8 @@ def test_bad_input_is_a_one_line_user_error(tmp_path):
         "no label column": (dict(csv=str(_csv(tmp_path, good, "g.csv")), label="target"), "label column"),
         "constant label": (dict(csv=str(_csv(tmp_path, constant, "c.csv")), label="label"), "single value"),
         "fewer samples than classes": (dict(csv=str(_csv(tmp_path, few, "f.csv")), label="label"), "sample"),
+        "more folds than samples": (dict(csv=str(_csv(tmp_path, good, "k.csv")), label="label",
+                                         select="most_compressed", select_folds=40), "select_folds=40 cannot cut"),
     }
     for what, (kw, match) in cases.items():
         cfg = tiny(dataset="csv", **kw)

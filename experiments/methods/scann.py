@@ -396,7 +396,11 @@ def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: tor
     splits = load_tabular_dataset(cfg.dataset, csv=cfg.csv, label=cfg.label, val_fraction=cfg.val_fraction,
                                   test_fraction=cfg.test_fraction, seed=cfg.seed)
     chunks = StratifiedKFold(n_splits=cfg.select_folds - 1, shuffle=True, random_state=cfg.seed)
-    rest, held = list(chunks.split(splits.X_train, splits.y_train))[fold]
+    try:
+        rest, held = list(chunks.split(splits.X_train, splits.y_train))[fold]
+    except ValueError as e:  # more chunks than samples of every class
+        raise UserError(f"select_folds={cfg.select_folds} cannot cut the {len(splits.y_train)} training samples "
+                        f"into {cfg.select_folds - 1} stratified chunks ({e})") from None
     X_tr = np.vstack([splits.X_train[rest], splits.X_val])
     y_tr = np.concatenate([splits.y_train[rest], splits.y_val])
     X_held, y_held = splits.X_train[held], splits.y_train[held]
