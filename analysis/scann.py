@@ -1,8 +1,9 @@
 """SCANN / DR+SCANN report: the paper's Tables VI and VII, the accuracy-vs-connections front,
-the per-iteration architecture state and a drawing of each synthesised graph.
+the per-iteration architecture state, a drawing of each synthesised graph and, for runs that
+chose their size by cross-validation (``select_folds``), the selection curves.
 
 Paper: ``../shared/seeds/002_d08e71b4be716ba4.txt``, Sec. 4.2.  Reads run folders only
-(``config.json``, ``summary.json``, ``structure.csv``, ``arch.json``); imports nothing from
+(``config.json``, ``summary.json``, ``structure.csv``, ``arch.json``, ``cv.csv``); imports nothing from
 ``experiments``, ``strategies`` or ``search_spaces``.
 
 Tables (one row per data set; columns as in the paper):
@@ -34,17 +35,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .output import save_csv, save_figure
 
 __all__ = ["METHOD", "load_scann_runs", "candidates", "paper_tables", "pareto_front", "plot_front",
-           "plot_structure", "plot_graph", "report"]
+           "plot_structure", "plot_graph", "plot_selection", "report"]
 
 METHOD = "scann"
 COLUMNS = ("MLP", "DR (H.A.)", "DR (M.C.)", "SCANN (H.A.)", "SCANN (M.C.)", "DR+SCANN (H.A.)", "DR+SCANN (M.C.)")
 SCHEME_MARKERS = {"A": "o", "B": "s", "C": "^"}
 KIND_COLORS = {"SCANN": "tab:blue", "DR+SCANN": "tab:green", "DR": "tab:purple", "MLP": "black"}
 MAX_GRAPHS = 24  # drawings per report (the best-validation run of each data set/kind first)
+MAX_SELECTION = 24  # selection panels per report
 
 
 # --------------------------------------------------------------------------- loading
@@ -80,7 +83,8 @@ def load_scann_runs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         if names[name] > 1:
             name = f"{name}_{names[name]}"
         runs.append({"path": d, "name": name, "config": config.get("config", {}), "summary": summary,
-                     "structure": _read_csv(d / "structure.csv"), "arch": _read_json(d / "arch.json")})
+                     "structure": _read_csv(d / "structure.csv"), "arch": _read_json(d / "arch.json"),
+                     "cv": _read_csv(d / "cv.csv")})
     return runs
 
 
@@ -284,6 +288,53 @@ def plot_structure(runs: Sequence[dict[str, Any]]) -> Figure | None:
     return fig
 
 
+def plot_selection(runs: Sequence[dict[str, Any]]) -> Figure | None:
+    """Why each cross-validated run (``cv.csv``) exported the size it did: per run, the pooled
+    accuracy of every iteration against its compression ratio, the baseline's pooled accuracy and
+    the tolerance line below it, the chosen size (red ring); the test accuracy change is drawn too,
+    grey, for reading only (it never chose anything)."""
+    usable = [r for r in runs if not r["cv"].empty and {"iteration", "cv_acc", "cv_baseline_acc"} <= set(r["cv"])]
+    usable = usable[:MAX_SELECTION]
+    if not usable:
+        return None
+    ncols = min(3, len(usable))
+    nrows = math.ceil(len(usable) / ncols)
+    fig = Figure(figsize=(5.2 * ncols, 3.6 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, r in zip(axes, usable):
+        s, cv, st = r["summary"], r["cv"].sort_values("iteration"), r["structure"]
+        base_params = _num(s.get("baseline_params"))
+        ratio = base_params / cv["params"].astype(float)
+        base = float(cv["cv_baseline_acc"].iloc[0])
+        tol = _num(r["config"].get("tolerance", 0.005))
+        ax.plot(ratio, 100 * (cv["cv_acc"] - base), marker="o", ms=3, color="tab:blue",
+                label=f"pooled (n={int(cv['pooled_n'].iloc[0])})" if "pooled_n" in cv else "pooled")
+        if not st.empty and {"iteration", "test_acc"} <= set(st):
+            test = st.set_index("iteration")["test_acc"].reindex(cv["iteration"]).to_numpy(dtype=float)
+            ax.plot(ratio, 100 * (test - _num(s.get("baseline_test_acc"))), ls="--", lw=1, color="grey",
+                    label="test (not used)")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.axhline(-100 * tol, color="tab:red", ls=":", lw=1, label=f"-{100 * tol:g} pt")
+        sel = cv[cv["iteration"] == s.get("selected_iteration")]
+        if len(sel):
+            ax.scatter(base_params / float(sel["params"].iloc[0]), 100 * (float(sel["cv_acc"].iloc[0]) - base),
+                       s=90, facecolors="none", edgecolors="red", linewidths=1.5, zorder=5, label="chosen")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -4.0), hi)  # the region around the tolerance; the smallest sizes may fall far below
+        ax.set_title(f"{r['name']}: {s.get('dataset')} {_kind(s)}", fontsize=9)
+        ax.set_xlabel("compression ratio vs baseline (log)")
+        ax.set_ylabel("accuracy - baseline (pt)")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(usable):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
 def plot_graph(arch: dict[str, Any], title: str = "") -> Figure | None:
     """The synthesised graph: nodes by emerged depth, skip connections highlighted."""
     if arch.get("space") != "feedforward" or "edges" not in arch:
@@ -366,6 +417,9 @@ def report(run_dirs: list[Path], out: Path, *, tolerance: float = 0.005) -> list
     fig = plot_structure(runs)
     if fig is not None:
         written.append(save_figure(fig, out / "scann_structure.png"))
+    fig = plot_selection(runs)
+    if fig is not None:
+        written.append(save_figure(fig, out / "scann_selection.png"))
     # graphs: the runs behind the table cells first, then the rest, at most MAX_GRAPHS
     featured = list(dict.fromkeys(tables["long"]["run"].dropna())) if not tables["long"].empty else []
     order = featured + [r["name"] for r in runs if r["name"] not in featured]

@@ -527,6 +527,20 @@ def test_size_chosen_by_cross_validation_on_training_data_only(tmp_path):
     # the main run records the epoch each checkpoint was kept at (the folds replay them)
     structure = pd.read_csv(tmp_path / "run" / "structure.csv")
     assert structure["epoch"].between(1, cfg.epochs_per_op).all()
+    # the analysis draws why this size was chosen: pooled curve, tolerance line, the chosen size ringed
+    from analysis.scann import load_scann_runs, plot_selection, report
+
+    fig = plot_selection(load_scann_runs([tmp_path / "run"]))
+    ax = fig.axes[0]
+    pooled = ax.lines[0]
+    ratio = summary["baseline_params"] / cv["params"]
+    assert np.allclose(pooled.get_xdata(), ratio) and np.allclose(
+        pooled.get_ydata(), 100 * (cv["cv_acc"] - cv["cv_baseline_acc"]))
+    ring = ax.collections[-1].get_offsets()[0]
+    assert ring[0] == pytest.approx(summary["baseline_params"] / summary["params"])
+    assert any(np.allclose(line.get_ydata(), -2.0) for line in ax.lines)  # tolerance 0.02 = 2 points
+    written = report([tmp_path / "run"], tmp_path / "analysis")
+    assert tmp_path / "analysis" / "scann_selection.png" in written
     ok = cv["cv_acc"] >= cv["cv_baseline_acc"] - 0.02 - 1e-12
     assert list(cv["eligible"]) == list(ok.astype(int))
     if ok.any():
