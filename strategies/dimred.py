@@ -313,9 +313,10 @@ def reduce_dataset(X_train: np.ndarray, X_val: np.ndarray, X_test: np.ndarray | 
 class DREval:
     """What ``evaluate`` returns for one reduced data set."""
 
-    val_acc: float
+    val_acc: float  # the score Algorithm 1 decides on (validation accuracy, or a cross-validated one)
     test_acc: float | None = None
     payload: Any = None  # e.g. the trained DR model and its figures
+    extra: dict[str, Any] = field(default_factory=dict)  # more columns for the record (dr.csv)
 
 
 @dataclass
@@ -326,10 +327,11 @@ class DRCandidate:
     val_acc: float | None
     test_acc: float | None
     status: str  # ok | stopped (accuracy dropped) | terminated (poor method) | skipped
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_row(self) -> dict[str, Any]:
         return {"dr_method": self.method, "dr_ratio": self.ratio, "n_components": self.n_components,
-                "val_acc": self.val_acc, "test_acc": self.test_acc, "status": self.status}
+                "val_acc": self.val_acc, "test_acc": self.test_acc, "status": self.status, **self.extra}
 
 
 @dataclass
@@ -388,7 +390,7 @@ def dr_search(X_train: np.ndarray, X_val: np.ndarray, X_test: np.ndarray | None,
                 status = status_rest = "terminated"
             elif acc < method_best - drop_margin:
                 status = status_rest = "stopped"
-            cand = DRCandidate(method, ratio, k, acc, ev.test_acc, status)
+            cand = DRCandidate(method, ratio, k, acc, ev.test_acc, status, dict(ev.extra))
             record(cand)
             if best is None or (acc, -ratio) > (best[0].val_acc, -best[0].ratio):
                 best = (cand, data, ev.payload)

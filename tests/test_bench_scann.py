@@ -55,4 +55,9 @@ def test_bad_flags_exit_2_before_any_run(tmp_path, capsys):
     assert "--seeds must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--scann-recovery"):
         bench.main(["--scann-recovery", "digits=linear", "--out", str(tmp_path)])
+    assert bench.main(["--methods", "DR+SCANN", "--datasets", "mnist5k", "--out", str(tmp_path)]) == 2
+    assert "DR+SCANN does not run on mnist5k" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--methods"):
+        bench.main(["--methods", "SCANN,MLP", "--out", str(tmp_path)])
+    assert bench._methods("dr+scann") == ["DR+SCANN"]
     assert not (tmp_path / "scann_runs").exists()

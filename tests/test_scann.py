@@ -555,6 +555,44 @@ def test_size_chosen_by_cross_validation_on_training_data_only(tmp_path):
         one_line_user_error(lambda: tiny(select="most_compressed", select_folds=k), "select_folds must be")
 
 
+def test_algorithm1_is_scored_on_the_pooled_accuracy_with_select_folds(tmp_path, monkeypatch):
+    """With select_folds, every DR model Algorithm 1 trains is judged on its pooled accuracy (the main
+    validation split + the chunk runs: 455 breast_cancer predictions), against the baseline's pooled
+    the same way; the validation split's own accuracy is kept as ``split_val_acc``."""
+    import experiments.methods.scann as method
+    from strategies import dimred
+
+    seen = {}
+    real_search = dimred.dr_search
+
+    def spy_search(*a, **kw):
+        seen["reference"] = kw["reference_acc"]
+        return real_search(*a, **kw)
+
+    monkeypatch.setattr(method, "dr_search", spy_search)
+    nni_bridge._reset_for_tests()
+    cfg = tiny(select="most_compressed", select_folds=3, scheme="C", dr_method="search",
+               dr_methods=["pca", "rp_gaussian"], dr_ratios=[0.5], prune_keep_schedule=[0.5, 0.2, 0.05])
+    summary = execute("scann", cfg, scann_run, tmp_path / "run")
+    import pandas as pd
+
+    dr = pd.read_csv(tmp_path / "run" / "dr.csv")
+    assert list(dr["dr_method"]) == ["pca", "rp_gaussian"] and set(dr["pooled_n"]) == {455}
+    assert np.allclose(dr["val_acc"] * 455, (dr["val_acc"] * 455).round(), atol=1e-6)  # counts of 455
+    assert dr["split_val_acc"].between(0, 1).all()
+    best = dr.sort_values(["val_acc", "dr_ratio"], ascending=[False, True]).iloc[0]
+    assert summary["dr_method"] == best["dr_method"] and summary["dr_selection"] == "pooled"
+    assert summary["dr_val_acc"] == pytest.approx(best["split_val_acc"])
+    ref = seen["reference"]  # the baseline's pooled accuracy: a count out of 455, not of the 57 validation samples
+    assert abs(ref * 455 - round(ref * 455)) < 1e-6 and ref != pytest.approx(summary["baseline_val_acc"], abs=1e-9)
+    # without select_folds Algorithm 1 decides on the validation split, as in the paper
+    nni_bridge._reset_for_tests()
+    plain = execute("scann", tiny(dr_method="search", dr_methods=["pca"], dr_ratios=[0.5]), scann_run,
+                    tmp_path / "plain")
+    assert plain["dr_selection"] == "validation"
+    assert "split_val_acc" not in pd.read_csv(tmp_path / "plain" / "dr.csv")
+
+
 @pytest.mark.parametrize("dr_method", ["none", "pca"])
 def test_cv_fold_scores_on_data_that_chose_nothing(monkeypatch, dr_method):
     """A fold's held-out chunk is disjoint from the data every network trains on, chooses no epoch

@@ -33,7 +33,13 @@ per training + validation sample (the folds' held-out chunks plus the main run's
 455 on breast_cancer, 1,437 on digits).  The output is the most compressed checkpoint whose pooled
 accuracy is within ``tolerance`` of the baseline's, pooled the same way (if none is, the checkpoint
 with the best pooled accuracy).  The test split is never used (``cv.csv`` holds the curves).
-Costs k - 1 more syntheses.
+Costs k - 1 more syntheses.  With ``dr_method=search`` Algorithm 1 is scored the same way: every DR
+model it trains is also trained on the k - 1 chunk runs (DR fit on each run's training data, the
+main run's epochs) and judged -- early termination, stopping, the final choice -- on its pooled
+accuracy against the baseline's (``dr.csv``: ``val_acc`` is that score, ``split_val_acc`` the
+validation split's own; ``dr_selection`` in the summary says which).  Round 3 of the benchmark
+showed why: on one digits split Algorithm 1 picked ICA at ratio 0.5 on a 180-sample validation tie
+(99.4 %), a DR model 1.7 points below the baseline out of fold, and no size then held.
 
 Why this design (measured on digits, 6 splits): an earlier version ran k ordinary folds and split
 each fold's training part again to choose epochs, so each fold trained on 70 % of the training +
@@ -266,18 +272,36 @@ def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.devic
         return prep
 
     # ---- DR: one method at one ratio, or Algorithm 1 ----
+    # With select_folds, Algorithm 1 scores each DR model like the sizes are scored later: pooled
+    # over the main run's validation split and the k - 1 chunk runs (each trained on as many samples,
+    # for the epochs the main run chose), so a 180-sample validation split does not pick the method.
+    pooled_dr = bool(cfg.select_folds) and cfg.dr_method == "search"
+    parts = [_chunk_split(cfg, splits, j) for j in range(cfg.select_folds - 1)] if pooled_dr else []
+    n_pool = len(splits.y_val) + sum(len(p[3]) for p in parts)
+
+    def pooled(val_acc: float, fold_accs: list[float]) -> float:
+        return (val_acc * len(splits.y_val) + sum(a * len(p[3]) for a, p in zip(fold_accs, parts))) / n_pool
+
     def evaluate(reduced) -> DREval:
         data = TensorData.from_arrays(reduced.X_train, splits.y_train, reduced.X_val, splits.y_val,
                                       reduced.X_test, splits.y_test, device=device)
         shrunk = shrink_hidden(hidden, reduced.ratio)
         net, fig = train_mlp(shrunk, data, epochs=cfg.baseline_epochs, **_train_kwargs(cfg))
-        return DREval(val_acc=fig["val_acc"], test_acc=fig.get("test_acc"), payload=(net, fig, shrunk, data))
+        score, extra = fig["val_acc"], {}
+        if pooled_dr:
+            dr_spec = {"method": reduced.method, "ratio": reduced.ratio}
+            accs = [_fold_mlp(cfg, shrunk, p, fig["epochs"], device, dr=dr_spec)[2] for p in parts]
+            score, extra = pooled(fig["val_acc"], accs), {"split_val_acc": fig["val_acc"], "pooled_n": n_pool}
+        return DREval(val_acc=score, test_acc=fig.get("test_acc"), payload=(net, fig, shrunk, data), extra=extra)
 
     if cfg.dr_method == "search":
         methods = list(cfg.dr_methods) or list(INDUCTIVE_METHODS)
+        reference = baseline["val_acc"]
+        if pooled_dr:
+            reference = pooled(reference, [_fold_mlp(cfg, hidden, p, base_fig["epochs"], device)[2] for p in parts])
         result = dr_search(splits.X_train, splits.X_val, splits.X_test, evaluate=evaluate, methods=methods,
                            ratios=cfg.dr_ratios, seed=cfg.seed, allow_transductive=cfg.allow_transductive,
-                           reference_acc=baseline["val_acc"], blas_threads=cfg.threads or 1,
+                           reference_acc=reference, blas_threads=cfg.threads or 1,
                            on_record=lambda c: ctx.run.append("dr", c.as_row()))
         reduced, (dr_net, dr_fig, shrunk, data) = result.data, result.payload
     else:
@@ -290,7 +314,8 @@ def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.devic
                               "n_components": reduced.n_components, "val_acc": ev.val_acc,
                               "test_acc": ev.test_acc, "status": "ok"})
     dr = {**dr_fig, "method": reduced.method, "ratio": reduced.ratio, "n_components": reduced.n_components,
-          "hidden": list(shrunk), "transductive": reduced.transductive}
+          "hidden": list(shrunk), "transductive": reduced.transductive,
+          "selection": "pooled" if pooled_dr else "validation"}
     ctx.run.append("metrics", _mlp_row("dr", 0, dr_fig, hidden=_fmt_hidden(shrunk), dr_method=reduced.method,
                                        dr_ratio=reduced.ratio))
     prep.update(data=data, feature_names=[f"{reduced.method}{i}" for i in range(reduced.n_components)],
@@ -375,50 +400,65 @@ def _prepare_image(cfg: ScannTrialConfig, ctx: RunContext, device: torch.device,
 # --------------------------------------------------------------------------- size by cross-validation
 
 
-def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: torch.device,
-             epoch_plan: list[int]) -> dict[str, Any]:
-    """Fold ``fold`` (0 .. k - 2) of ``select_folds = k``: the trial's pipeline (baseline
-    architecture, the chosen DR method/ratio + DR model, SCANN) re-run with one chunk of the
-    training split held out.
+def _chunk_split(cfg: ScannTrialConfig, splits, fold: int):
+    """Fold ``fold`` (0 .. k - 2) of ``select_folds = k``: ``(X_train, y_train, X_held, y_held)``.
 
-    The training split is cut into k - 1 stratified chunks; this fold trains on the other chunks
+    The training split is cut into k - 1 stratified chunks; the fold trains on the other chunks
     plus the validation split -- as many samples as the main run trains on when a chunk is the
     size of the validation split (k - 1 = training / validation samples: k = 8 at the default
-    split) -- and only scores the held-out chunk.  Nothing is chosen on it: every network keeps
-    the epoch the main run chose on its own validation split (the baseline's and the DR model's
-    best epoch; ``epoch_plan``, each SCANN iteration's), and the normaliser and the DR model are
-    fit on the fold's training data.  The main run itself is the k-th fold (its held-out part is
-    the validation split), so the k runs score every training + validation sample once.
+    split) -- and only scores the held-out chunk.  The main run itself is the k-th fold (its
+    held-out part is the validation split), so the k runs score every training + validation
+    sample once.
     """
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
-    splits = load_tabular_dataset(cfg.dataset, csv=cfg.csv, label=cfg.label, val_fraction=cfg.val_fraction,
-                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
     chunks = StratifiedKFold(n_splits=cfg.select_folds - 1, shuffle=True, random_state=cfg.seed)
     try:
         rest, held = list(chunks.split(splits.X_train, splits.y_train))[fold]
     except ValueError as e:  # more chunks than samples of every class
         raise UserError(f"select_folds={cfg.select_folds} cannot cut the {len(splits.y_train)} training samples "
                         f"into {cfg.select_folds - 1} stratified chunks ({e})") from None
-    X_tr = np.vstack([splits.X_train[rest], splits.X_val])
-    y_tr = np.concatenate([splits.y_train[rest], splits.y_val])
-    X_held, y_held = splits.X_train[held], splits.y_train[held]
-    kw = _train_kwargs(cfg)
-    norm = RangeNormalizer().fit(X_tr)
-    # the held-out chunk stands in the validation slot for the record only: keep="last" and the
-    # epoch plan choose every epoch without it
-    full = TensorData.from_arrays(norm.transform(X_tr), y_tr, norm.transform(X_held), y_held,
-                                  norm.transform(X_held), y_held, device=device)
-    hidden = tuple(prep["baseline"]["hidden"])
-    base_net, base_fig = train_mlp(hidden, full, epochs=int(prep["baseline"]["epochs"]), keep="last", **kw)
-    dr, data, seed_net, seed_neurons = prep["dr"], full, base_net, sum(hidden)
-    if dr is not None:
+    return (np.vstack([splits.X_train[rest], splits.X_val]), np.concatenate([splits.y_train[rest], splits.y_val]),
+            splits.X_train[held], splits.y_train[held])
+
+
+def _fold_mlp(cfg: ScannTrialConfig, hidden, part, epochs: int, device: torch.device,
+              dr: dict[str, Any] | None = None):
+    """Train the MLP ``hidden`` on one fold's training data (range-normalised, or reduced by
+    ``dr = {method, ratio}``: both fit on the fold's training data) for exactly ``epochs`` epochs
+    (the main run's choice: nothing is chosen on the held-out chunk, which stands in the
+    validation slot for the record only); ``(net, fold data, held-out accuracy)``."""
+    X_tr, y_tr, X_held, y_held = part
+    if dr is None:
+        norm = RangeNormalizer().fit(X_tr)
+        parts = [norm.transform(X_tr), norm.transform(X_held)]
+    else:
         reduced = reduce_dataset(X_tr, X_held, X_held, method=dr["method"], ratio=dr["ratio"], seed=cfg.seed,
                                  allow_transductive=cfg.allow_transductive, blas_threads=cfg.threads or 1)
-        data = TensorData.from_arrays(reduced.X_train, y_tr, reduced.X_val, y_held, reduced.X_test, y_held,
-                                      device=device)
-        seed_net, _ = train_mlp(tuple(dr["hidden"]), data, epochs=int(dr["epochs"]), keep="last", **kw)
+        parts = [reduced.X_train, reduced.X_val]
+    data = TensorData.from_arrays(parts[0], y_tr, parts[1], y_held, parts[1], y_held, device=device)
+    net, fig = train_mlp(tuple(hidden), data, epochs=int(epochs), keep="last", **_train_kwargs(cfg))
+    return net, data, fig["test_acc"]
+
+
+def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: torch.device,
+             epoch_plan: list[int]) -> dict[str, Any]:
+    """Fold ``fold`` of ``select_folds`` (:func:`_chunk_split`): the trial's pipeline (baseline
+    architecture, the chosen DR method/ratio + DR model, SCANN) re-run with one chunk of the
+    training split held out.  Nothing is chosen on the held-out chunk: every network keeps the
+    epoch the main run chose on its own validation split (the baseline's and the DR model's best
+    epoch; ``epoch_plan``, each SCANN iteration's), and the normaliser and the DR model are fit on
+    the fold's training data.
+    """
+    splits = load_tabular_dataset(cfg.dataset, csv=cfg.csv, label=cfg.label, val_fraction=cfg.val_fraction,
+                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
+    part = _chunk_split(cfg, splits, fold)
+    hidden = tuple(prep["baseline"]["hidden"])
+    base_net, data, base_acc = _fold_mlp(cfg, hidden, part, prep["baseline"]["epochs"], device)
+    dr, seed_net, seed_neurons = prep["dr"], base_net, sum(hidden)
+    if dr is not None:
+        seed_net, data, _ = _fold_mlp(cfg, dr["hidden"], part, dr["epochs"], device, dr=dr)
         seed_neurons = sum(dr["hidden"])
     scfg = cfg.scann_config(seed_neurons)
     net = seed_network(scfg, data.num_features, prep["num_classes"],
@@ -426,7 +466,7 @@ def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: tor
                        generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     synth = ScannSynthesis(net, scfg, data, seed=cfg.seed, epoch_plan=epoch_plan)
     synth.run()
-    return {"fold": fold, "n": len(held), "n_train": len(y_tr), "baseline_acc": base_fig["test_acc"],
+    return {"fold": fold, "n": len(part[3]), "n_train": len(part[1]), "baseline_acc": base_acc,
             "acc": [r["test_acc"] for r in synth.history], "params": [r["params"] for r in synth.history]}
 
 
@@ -621,6 +661,7 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "dataset": cfg.dataset,
         "scheme": scfg.scheme,
         "dr_method": dr["method"] if dr is not None else "none",
+        "dr_selection": (dr or {}).get("selection", "validation") if dr is not None else "none",
         "select": cfg.select,
         "mode": prep["mode"],
         "transductive": int(bool(dr and dr.get("transductive"))),
