@@ -412,9 +412,10 @@ def test_epoch_plan_replays_the_epochs_validation_chose(monkeypatch):
         assert torch.equal(a.snapshot["weight"], b.snapshot["weight"])
     with pytest.raises(ValueError, match="epoch_plan"):
         fresh(epoch_plan=plan[:2])
-    # train_mlp(keep="last") keeps the last of the epochs it is given
+    # train_mlp(keep="last") keeps the last of the epochs it is given, without scoring any epoch
+    calls.clear()
     net, fig = train_mlp((12,), data, epochs=3, lr=1e-2, keep="last")
-    assert fig["epochs"] == 3
+    assert fig["epochs"] == 3 and len(calls) == 2  # the final validation and test scores only
 
 
 def test_synthesis_state_dict_resumes_identically():
@@ -570,6 +571,14 @@ def test_algorithm1_is_scored_on_the_pooled_accuracy_with_select_folds(tmp_path,
         return real_search(*a, **kw)
 
     monkeypatch.setattr(method, "dr_search", spy_search)
+    fold_trainings, real_train = [], method.train_mlp
+
+    def spy_train(hidden, data, **kw):
+        if kw.get("keep") == "last":
+            fold_trainings.append(tuple(hidden))
+        return real_train(hidden, data, **kw)
+
+    monkeypatch.setattr(method, "train_mlp", spy_train)
     nni_bridge._reset_for_tests()
     cfg = tiny(select="most_compressed", select_folds=3, scheme="C", dr_method="search",
                dr_methods=["pca", "rp_gaussian"], dr_ratios=[0.5], prune_keep_schedule=[0.5, 0.2, 0.05])
@@ -579,7 +588,10 @@ def test_algorithm1_is_scored_on_the_pooled_accuracy_with_select_folds(tmp_path,
     dr = pd.read_csv(tmp_path / "run" / "dr.csv")
     assert list(dr["dr_method"]) == ["pca", "rp_gaussian"] and set(dr["pooled_n"]) == {455}
     assert np.allclose(dr["val_acc"] * 455, (dr["val_acc"] * 455).round(), atol=1e-6)  # counts of 455
-    assert dr["split_val_acc"].between(0, 1).all()
+    assert np.allclose(dr["split_val_acc"] * 57, (dr["split_val_acc"] * 57).round(), atol=1e-6)  # counts of 57
+    # the 2 chunk runs train the baseline and each of the 2 DR models once; the size's cross-validation
+    # reuses the chosen DR model's and the baseline's networks instead of training them again
+    assert sorted(fold_trainings) == sorted([(16,)] * 2 + [(8,)] * 4)
     best = dr.sort_values(["val_acc", "dr_ratio"], ascending=[False, True]).iloc[0]
     assert summary["dr_method"] == best["dr_method"] and summary["dr_selection"] == "pooled"
     assert summary["dr_val_acc"] == pytest.approx(best["split_val_acc"])

@@ -278,6 +278,7 @@ def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.devic
     pooled_dr = bool(cfg.select_folds) and cfg.dr_method == "search"
     parts = [_chunk_split(cfg, splits, j) for j in range(cfg.select_folds - 1)] if pooled_dr else []
     n_pool = len(splits.y_val) + sum(len(p[3]) for p in parts)
+    fold_nets: dict[tuple, Any] = {}  # the chunk runs' networks, reused by _cv_fold (same data, same training)
 
     def pooled(val_acc: float, fold_accs: list[float]) -> float:
         return (val_acc * len(splits.y_val) + sum(a * len(p[3]) for a, p in zip(fold_accs, parts))) / n_pool
@@ -290,7 +291,8 @@ def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.devic
         score, extra = fig["val_acc"], {}
         if pooled_dr:
             dr_spec = {"method": reduced.method, "ratio": reduced.ratio}
-            accs = [_fold_mlp(cfg, shrunk, p, fig["epochs"], device, dr=dr_spec)[2] for p in parts]
+            accs = [_fold_mlp(cfg, shrunk, p, fig["epochs"], device, dr=dr_spec, fold=j, cache=fold_nets)[2]
+                    for j, p in enumerate(parts)]
             score, extra = pooled(fig["val_acc"], accs), {"split_val_acc": fig["val_acc"], "pooled_n": n_pool}
         return DREval(val_acc=score, test_acc=fig.get("test_acc"), payload=(net, fig, shrunk, data), extra=extra)
 
@@ -298,7 +300,8 @@ def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.devic
         methods = list(cfg.dr_methods) or list(INDUCTIVE_METHODS)
         reference = baseline["val_acc"]
         if pooled_dr:
-            reference = pooled(reference, [_fold_mlp(cfg, hidden, p, base_fig["epochs"], device)[2] for p in parts])
+            reference = pooled(reference, [_fold_mlp(cfg, hidden, p, base_fig["epochs"], device, fold=j,
+                                                     cache=fold_nets)[2] for j, p in enumerate(parts)])
         result = dr_search(splits.X_train, splits.X_val, splits.X_test, evaluate=evaluate, methods=methods,
                            ratios=cfg.dr_ratios, seed=cfg.seed, allow_transductive=cfg.allow_transductive,
                            reference_acc=reference, blas_threads=cfg.threads or 1,
@@ -318,8 +321,10 @@ def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.devic
           "selection": "pooled" if pooled_dr else "validation"}
     ctx.run.append("metrics", _mlp_row("dr", 0, dr_fig, hidden=_fmt_hidden(shrunk), dr_method=reduced.method,
                                        dr_ratio=reduced.ratio))
+    keep = (_fold_key(hidden, base_fig["epochs"]), _fold_key(shrunk, dr_fig["epochs"], dr))
     prep.update(data=data, feature_names=[f"{reduced.method}{i}" for i in range(reduced.n_components)],
-                seed_net=dr_net.snapshot(), seed_neurons=sum(shrunk), dr=dr)
+                seed_net=dr_net.snapshot(), seed_neurons=sum(shrunk), dr=dr,
+                fold_nets={k: v for k, v in fold_nets.items() if k[1:] in keep})
     prep["preprocess"] = {"kind": "dr", "method": reduced.method, "ratio": reduced.ratio,
                           "n_components": reduced.n_components, "transductive": reduced.transductive,
                           "file": "preprocess.pkl"}
@@ -423,12 +428,19 @@ def _chunk_split(cfg: ScannTrialConfig, splits, fold: int):
             splits.X_train[held], splits.y_train[held])
 
 
+def _fold_key(hidden, epochs: int, dr: dict[str, Any] | None = None) -> tuple:
+    return (tuple(int(h) for h in hidden), int(epochs),
+            None if dr is None else (dr["method"], float(dr["ratio"])))
+
+
 def _fold_mlp(cfg: ScannTrialConfig, hidden, part, epochs: int, device: torch.device,
-              dr: dict[str, Any] | None = None):
-    """Train the MLP ``hidden`` on one fold's training data (range-normalised, or reduced by
-    ``dr = {method, ratio}``: both fit on the fold's training data) for exactly ``epochs`` epochs
-    (the main run's choice: nothing is chosen on the held-out chunk, which stands in the
-    validation slot for the record only); ``(net, fold data, held-out accuracy)``."""
+              dr: dict[str, Any] | None = None, *, fold: int, cache: dict[tuple, Any] | None = None):
+    """Train the MLP ``hidden`` on fold ``fold``'s training data ``part`` (range-normalised, or
+    reduced by ``dr = {method, ratio}``: both fit on the fold's training data) for exactly
+    ``epochs`` epochs (the main run's choice: nothing is chosen on the held-out chunk, which stands
+    in the validation slot for the record only); ``(net, fold data, held-out accuracy)``.  A network
+    already in ``cache`` (trained by Algorithm 1's pooled scoring) is reused, not trained again;
+    new ones are added to it."""
     X_tr, y_tr, X_held, y_held = part
     if dr is None:
         norm = RangeNormalizer().fit(X_tr)
@@ -438,7 +450,13 @@ def _fold_mlp(cfg: ScannTrialConfig, hidden, part, epochs: int, device: torch.de
                                  allow_transductive=cfg.allow_transductive, blas_threads=cfg.threads or 1)
         parts = [reduced.X_train, reduced.X_val]
     data = TensorData.from_arrays(parts[0], y_tr, parts[1], y_held, parts[1], y_held, device=device)
+    key = (fold, *_fold_key(hidden, epochs, dr))
+    if cache is not None and key in cache:
+        snapshot, acc = cache[key]
+        return FeedForwardNet.from_snapshot(snapshot).to(device), data, acc
     net, fig = train_mlp(tuple(hidden), data, epochs=int(epochs), keep="last", **_train_kwargs(cfg))
+    if cache is not None:
+        cache[key] = (net.snapshot(), fig["test_acc"])
     return net, data, fig["test_acc"]
 
 
@@ -455,10 +473,11 @@ def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: tor
                                   test_fraction=cfg.test_fraction, seed=cfg.seed)
     part = _chunk_split(cfg, splits, fold)
     hidden = tuple(prep["baseline"]["hidden"])
-    base_net, data, base_acc = _fold_mlp(cfg, hidden, part, prep["baseline"]["epochs"], device)
+    cache = prep.get("fold_nets")
+    base_net, data, base_acc = _fold_mlp(cfg, hidden, part, prep["baseline"]["epochs"], device, fold=fold, cache=cache)
     dr, seed_net, seed_neurons = prep["dr"], base_net, sum(hidden)
     if dr is not None:
-        seed_net, data, _ = _fold_mlp(cfg, dr["hidden"], part, dr["epochs"], device, dr=dr)
+        seed_net, data, _ = _fold_mlp(cfg, dr["hidden"], part, dr["epochs"], device, dr=dr, fold=fold, cache=cache)
         seed_neurons = sum(dr["hidden"])
     scfg = cfg.scann_config(seed_neurons)
     net = seed_network(scfg, data.num_features, prep["num_classes"],
