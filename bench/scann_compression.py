@@ -34,7 +34,9 @@ judged on training data only:
   baseline's, pooled the same way.
 
 breast_cancer's SCANN runs (not DR+SCANN) anneal the lr of each pruned size's 40 recovery epochs
-(``--scann-recovery breast_cancer=cosine``, the trial's ``recovery_schedule``; see ``SCANN_RECOVERY``).
+(``--scann-recovery breast_cancer=cosine``, the trial's ``recovery_schedule``; see ``SCANN_RECOVERY``);
+digits' DR+SCANN runs anneal too and keep each size's last, annealed epoch
+(``--dr-scann-recovery digits=cosine-last``; see ``DR_SCANN_RECOVERY``).
 
 Seeds and verdict.  Each seed is a different data split (and initialisation).  One test sample is
 0.88 points on breast_cancer (114 samples) and 0.28 on digits (360): on one split "within 0.5
@@ -111,6 +113,23 @@ protocol with other seeds):
    seeds (reference only): the digits DR+SCANN trajectories themselves hold no >= 10x network
    within 0.5 points on average, so a better selection rule cannot close this gap.
 
+5. ``--first-seed 500 --seeds 6 --methods DR+SCANN --datasets digits``, fixed at the commit that
+   added this item, with one change for digits DR+SCANN only: each pruned size's 40 recovery epochs
+   anneal the lr (cosine, 1e-2 -> 1e-4; the paper "gradually decrease[s]" the lr of its final-size
+   training, Sec. 4.1) and the size keeps its **last** epoch instead of the best of 40 noisy
+   constant-lr epochs on 180 validation samples (``--dr-scann-recovery digits=cosine-last``); the
+   cross-validation runs replay that epoch.  Development data (round 4's seeds 400-402, same code
+   otherwise): the networks got better at every size -- choosing on the test split would give 12.4x
+   within 0.5 points against 9.7x (reference only) -- but the pooled choice, at the same 0.5-point
+   tolerance, went further and lost more: 17.3x / -0.93 pt (18.1x / -1.11, 24.8x / 0.00, 11.5x /
+   -1.67) against round 4's 11.55x / -0.65; annealing but keeping the best epoch gave 15.7x /
+   -1.11.  Over those seeds and rounds 3-4 the pooled gap to the baseline has no systematic bias
+   against the test gap (-0.05 +- 0.21 points at 10-20x); the per-seed test changes swing by about
+   +-0.8 points (one 360-sample split, and one baseline network whose own test accuracy sits up to
+   1.4 points off its pooled one), so this round runs **6 seeds** instead of 3 to halve the
+   variance of the mean.  The tolerance stays 0.5 points.  breast_cancer DR+SCANN keeps round 4's
+   settings (constant lr) and verdict.
+
 Standing verdict (rounds 3 and 4): **4 of 5 met** -- digits SCANN, breast_cancer SCANN and
 DR+SCANN, mnist5k; digits DR+SCANN missed.
 
@@ -157,11 +176,22 @@ IMAGE_ITERATIONS = 8  # the schedule, then one more iteration at its last (small
 #: chosen on the pooled held-out accuracy over all training + validation samples (455 and 1,437) of the
 #: main run plus 7 runs on as many samples (k = 1 + 7 training / validation samples).
 SELECT_FOLDS = {"digits": 8, "breast_cancer": 8}
-#: Recovery lr schedule of the SCANN (not DR+SCANN) runs per data set (``recovery_schedule``; default
-#: constant): on breast_cancer a cosine anneal of each pruned size's recovery training (lr 1e-2 -> 1e-4
-#: over its 40 epochs) lets the cross-validated choice keep smaller sizes (3-seed mean selected size 12.9x vs 5.1x
-#: with the constant lr; longer recovery -- 80 epochs -- or a constant smaller recovery lr did not help).
+#: Recovery training of the SCANN (not DR+SCANN) runs per data set (default ``constant``):
+#: ``constant`` or ``cosine`` is the trial's ``recovery_schedule`` (each pruned size still keeps its
+#: best-validation epoch); ``cosine-last`` anneals and keeps each size's *last* epoch
+#: (``checkpoint_epochs=False``).  On breast_cancer a cosine anneal of each pruned size's recovery
+#: training (lr 1e-2 -> 1e-4 over its 40 epochs) lets the cross-validated choice keep smaller sizes
+#: (3-seed mean selected size 12.9x vs 5.1x with the constant lr; longer recovery -- 80 epochs -- or a
+#: constant smaller recovery lr did not help).
 SCANN_RECOVERY = {"breast_cancer": "cosine"}
+#: The same for the DR+SCANN runs (``--dr-scann-recovery``).  digits (round 5): ``cosine-last`` -- the
+#: paper lowers the lr gradually for its final-size training (Sec. 4.1, "gradually decrease it"); with a
+#: constant lr 1e-2 the best-validation epoch of 180 samples is a noisy pick among noisy epochs.  On
+#: round 4's seeds (development data) the networks of each size got better: choosing on the test split
+#: would give 12.4x within 0.5 points against 9.7x with the constant lr (reference only).
+DR_SCANN_RECOVERY = {"digits": "cosine-last"}
+#: ``--*-recovery`` values: (the trial's ``recovery_schedule``, its ``checkpoint_epochs``).
+RECOVERY = {"constant": ("constant", True), "cosine": ("cosine", True), "cosine-last": ("cosine", False)}
 #: Seeds (data splits) per data set: enough that the pooled test set holds >= 1,000 predictions (one
 #: prediction <= 0.1 points, a fifth of the tolerance), and at least 3: the test splits hold 114
 #: (breast_cancer) and 360 (digits) samples, mnist5k's more.
@@ -185,8 +215,10 @@ def _args(argv=None):
                    help="data sets whose size is chosen by k-fold cross-validation on the training + validation "
                         "data (name=k, comma list; '' for none): their validation split is too small")
     p.add_argument("--scann-recovery", default=",".join(f"{k}={v}" for k, v in SCANN_RECOVERY.items()),
-                   help="recovery lr schedule of the SCANN runs (not DR+SCANN) per data set (name=constant|cosine, "
-                        "comma list; '' for constant everywhere)")
+                   help="recovery training of the SCANN runs (not DR+SCANN) per data set (name=constant|cosine|"
+                        "cosine-last, comma list; '' for constant everywhere; see RECOVERY)")
+    p.add_argument("--dr-scann-recovery", default=",".join(f"{k}={v}" for k, v in DR_SCANN_RECOVERY.items()),
+                   help="the same for the DR+SCANN runs (default: constant everywhere)")
     p.add_argument("--iterations", type=int, default=None,
                    help="SCANN iterations (default: the data set's keep schedule, 13 tabular, 8 mnist5k)")
     # Sec. 3.7.2 trains "for X to Y epochs after applying each architecture-changing operation" (the
@@ -233,12 +265,12 @@ def _methods(spec: str) -> list[str]:
     return names
 
 
-def _recovery(spec: str) -> dict[str, str]:
+def _recovery(spec: str, flag: str = "--scann-recovery") -> dict[str, str]:
     out = {}
     for item in filter(None, spec.split(",")):
         name, _, how = item.partition("=")
-        if name not in DATASETS or how not in ("constant", "cosine"):
-            raise SystemExit(f"error: --scann-recovery wants name=constant|cosine items, got {item!r}")
+        if name not in DATASETS or name == "mnist5k" or how not in RECOVERY:
+            raise SystemExit(f"error: {flag} wants tabular name={'|'.join(RECOVERY)} items, got {item!r}")
         out[name] = how
     return out
 
@@ -275,6 +307,10 @@ def run_dataset(name: str, seed: int, args, out: Path) -> list[dict[str, Any]]:
     if folds:
         common["select_folds"] = folds
 
+    def recovery(spec, flag):
+        schedule, checkpoint_epochs = RECOVERY[_recovery(spec, flag).get(name, "constant")]
+        return dict(recovery_schedule=schedule, checkpoint_epochs=checkpoint_epochs)
+
     def sched(keep, default=None):
         n, values = _schedule(keep, args.iterations if args.iterations is not None else default)
         return dict(iterations=n, prune_keep_schedule=values)
@@ -285,12 +321,13 @@ def run_dataset(name: str, seed: int, args, out: Path) -> list[dict[str, Any]]:
                                **sched(IMAGE_KEEP, IMAGE_ITERATIONS)))]
     else:
         plan = [("SCANN", dict(baseline_epochs=args.baseline_epochs, epochs_per_op=args.epochs_per_op,
-                               recovery_schedule=_recovery(args.scann_recovery).get(name, "constant"),
+                               **recovery(args.scann_recovery, "--scann-recovery"),
                                **sched(TABULAR_KEEP)))]
         methods = "" if args.dr_methods == "all" else args.dr_methods
         plan.append(("DR+SCANN", dict(baseline_epochs=args.baseline_epochs, epochs_per_op=args.epochs_per_op,
                                       dr_method="search", dr_methods=[m for m in methods.split(",") if m],
                                       dr_ratios=[float(r) for r in args.dr_ratios.split(",")],
+                                      **recovery(args.dr_scann_recovery, "--dr-scann-recovery"),
                                       **sched(DR_KEEP))))
     plan = [(m, extra) for m, extra in plan if m in _methods(args.methods)]
     baseline_hidden = None
@@ -442,6 +479,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
     _recovery(args.scann_recovery)
+    _recovery(args.dr_scann_recovery, "--dr-scann-recovery")
     if not args.resume:
         import shutil
 

@@ -55,9 +55,44 @@ def test_bad_flags_exit_2_before_any_run(tmp_path, capsys):
     assert "--seeds must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--scann-recovery"):
         bench.main(["--scann-recovery", "digits=linear", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--dr-scann-recovery"):
+        bench.main(["--dr-scann-recovery", "mnist5k=cosine", "--out", str(tmp_path)])
     assert bench.main(["--methods", "DR+SCANN", "--datasets", "mnist5k", "--out", str(tmp_path)]) == 2
     assert "DR+SCANN does not run on mnist5k" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--methods"):
         bench.main(["--methods", "SCANN,MLP", "--out", str(tmp_path)])
     assert bench._methods("dr+scann") == ["DR+SCANN"]
     assert not (tmp_path / "scann_runs").exists()
+
+
+def test_each_method_gets_its_own_recovery_schedule_and_dr_scann_reuses_the_baseline(tmp_path, monkeypatch):
+    """--scann-recovery reaches only the SCANN runs, --dr-scann-recovery only the DR+SCANN runs."""
+    import json
+
+    seen = []
+
+    def fake_trial(cfg, run_dir):
+        seen.append(dict(cfg))
+        run_dir.mkdir(parents=True)
+        (run_dir / "arch.json").write_text(json.dumps({"baseline_hidden": [24]}))
+        pd.DataFrame({"iteration": [0], "params": [100], "test_acc": [0.97]}).to_csv(run_dir / "structure.csv")
+        return {"baseline_params": 1000, "params": 100, "baseline_test_acc": 0.97, "test_acc": 0.97,
+                "baseline_val_acc": 0.98, "val_acc": 0.98, "connections": 90, "total_compression_ratio": 10.0,
+                "flops": 1, "baseline_flops": 10, "depth": 1, "neurons": 5, "mc_met": True,
+                "dr_method": "pca", "dr_ratio": 0.5}
+
+    monkeypatch.setattr(bench, "_trial", fake_trial)
+    args = bench._args(["--scann-recovery", "breast_cancer=cosine", "--dr-scann-recovery", "digits=cosine-last",
+                        "--out", str(tmp_path / "a")])
+    for name in ("digits", "breast_cancer"):
+        rows = bench.run_dataset(name, 7, args, tmp_path / "a")
+        assert [r["method"] for r in rows] == ["SCANN", "DR+SCANN"] and rows[0]["ratio"] == 10.0
+    assert [(c["recovery_schedule"], c["checkpoint_epochs"]) for c in seen] == [
+        ("constant", True), ("cosine", False), ("cosine", True), ("constant", True)]
+    assert "baseline_hidden" not in seen[0] and seen[1]["baseline_hidden"] == [24]
+    assert seen[1]["dr_method"] == "search" and seen[1]["select_folds"] == bench.SELECT_FOLDS["digits"]
+    seen.clear()  # the defaults: breast_cancer SCANN anneals (round 3), digits DR+SCANN anneals and keeps the last epoch
+    bench.run_dataset("digits", 7, bench._args([]), tmp_path / "b")
+    bench.run_dataset("breast_cancer", 7, bench._args([]), tmp_path / "b")
+    assert [(c["recovery_schedule"], c["checkpoint_epochs"]) for c in seen] == [
+        ("constant", True), ("cosine", False), ("cosine", True), ("constant", True)]
