@@ -232,7 +232,8 @@ def _args(argv=None):
                    help="recovery training of the SCANN runs (not DR+SCANN) per data set (name=constant|cosine|"
                         "cosine-last, comma list; '' for constant everywhere; see RECOVERY)")
     p.add_argument("--dr-scann-recovery", default=",".join(f"{k}={v}" for k, v in DR_SCANN_RECOVERY.items()),
-                   help="the same for the DR+SCANN runs (default: constant everywhere)")
+                   help="the same for the DR+SCANN runs (default: DR_SCANN_RECOVERY, "
+                        + (",".join(f"{k}={v}" for k, v in DR_SCANN_RECOVERY.items()) or "constant everywhere") + ")")
     p.add_argument("--iterations", type=int, default=None,
                    help="SCANN iterations (default: the data set's keep schedule, 13 tabular, 8 mnist5k)")
     # Sec. 3.7.2 trains "for X to Y epochs after applying each architecture-changing operation" (the
