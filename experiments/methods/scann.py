@@ -680,7 +680,7 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "dataset": cfg.dataset,
         "scheme": scfg.scheme,
         "dr_method": dr["method"] if dr is not None else "none",
-        "dr_selection": (dr or {}).get("selection", "validation") if dr is not None else "none",
+        "dr_selection": dr.get("selection", "validation") if dr is not None else "none",
         "select": cfg.select,
         "mode": prep["mode"],
         "transductive": int(bool(dr and dr.get("transductive"))),
