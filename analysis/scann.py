@@ -290,7 +290,8 @@ def plot_structure(runs: Sequence[dict[str, Any]]) -> Figure | None:
 
 def plot_selection(runs: Sequence[dict[str, Any]]) -> Figure | None:
     """Why each cross-validated run (``cv.csv``) exported the size it did: per run, the pooled
-    accuracy of every iteration against its compression ratio, the baseline's pooled accuracy and
+    accuracy of every iteration against its compression ratio (shaded: +- the standard error of
+    its gap to the baseline, from the k runs), the baseline's pooled accuracy and
     the tolerance line below it, the chosen size (red ring); the test accuracy change is drawn too,
     grey, for reading only (it never chose anything)."""
     usable = [r for r in runs if not r["cv"].empty and {"iteration", "cv_acc", "cv_baseline_acc"} <= set(r["cv"])]
@@ -307,8 +308,12 @@ def plot_selection(runs: Sequence[dict[str, Any]]) -> Figure | None:
         ratio = base_params / cv["params"].astype(float)
         base = float(cv["cv_baseline_acc"].iloc[0])
         tol = _num(r["config"].get("tolerance", 0.005))
-        ax.plot(ratio, 100 * (cv["cv_acc"] - base), marker="o", ms=3, color="tab:blue",
+        gap = 100 * (cv["cv_acc"] - base)
+        ax.plot(ratio, gap, marker="o", ms=3, color="tab:blue",
                 label=f"pooled (n={int(cv['pooled_n'].iloc[0])})" if "pooled_n" in cv else "pooled")
+        if "cv_gap_se" in cv:  # the k runs' standard error of the pooled gap (not used by the choice)
+            se = 100 * cv["cv_gap_se"].astype(float)
+            ax.fill_between(ratio, gap - se, gap + se, color="tab:blue", alpha=0.15, lw=0, label="pooled +- 1 SE")
         if not st.empty and {"iteration", "test_acc"} <= set(st):
             test = st.set_index("iteration")["test_acc"].reindex(cv["iteration"]).to_numpy(dtype=float)
             ax.plot(ratio, 100 * (test - _num(s.get("baseline_test_acc"))), ls="--", lw=1, color="grey",

@@ -525,6 +525,17 @@ def test_size_chosen_by_cross_validation_on_training_data_only(tmp_path):
     pooled = (cv["fold0_acc"] * 199 + cv["fold1_acc"] * 199 + cv["val_acc"] * 57) / 455
     assert np.allclose(cv["cv_acc"], pooled, atol=1e-9), cv.to_dict()
     assert np.allclose(cv["cv_acc"] * 455, (cv["cv_acc"] * 455).round(), atol=1e-6)
+    # each run's baseline accuracy on the same held-out samples, pooled = the reference; the gap's SE
+    base = (cv["fold0_baseline_acc"] * 199 + cv["fold1_baseline_acc"] * 199 + cv["val_baseline_acc"] * 57) / 455
+    assert np.allclose(cv["cv_baseline_acc"], base, atol=1e-12)
+    w = np.array([57, 199, 199]) / 455
+    for _, r in cv.iterrows():
+        g = np.array([r.val_acc - r.val_baseline_acc, r.fold0_acc - r.fold0_baseline_acc,
+                      r.fold1_acc - r.fold1_baseline_acc])
+        want = np.sqrt(3 / 2 * np.sum(w ** 2 * (g - w @ g) ** 2))
+        assert r.cv_gap_se == pytest.approx(want, abs=1e-12)
+        assert w @ g == pytest.approx(r.cv_acc - r.cv_baseline_acc, abs=1e-12)
+    assert (cv["cv_gap_se"] > 0).any()
     # the main run records the epoch each checkpoint was kept at (the folds replay them)
     structure = pd.read_csv(tmp_path / "run" / "structure.csv")
     assert structure["epoch"].between(1, cfg.epochs_per_op).all()

@@ -32,7 +32,9 @@ prunes to the same size in every run, so each iteration gets a **pooled accuracy
 per training + validation sample (the folds' held-out chunks plus the main run's validation split:
 455 on breast_cancer, 1,437 on digits).  The output is the most compressed checkpoint whose pooled
 accuracy is within ``tolerance`` of the baseline's, pooled the same way (if none is, the checkpoint
-with the best pooled accuracy).  The test split is never used (``cv.csv`` holds the curves).
+with the best pooled accuracy).  The test split is never used.  ``cv.csv`` holds the curves: per
+size, every run's held-out accuracy and the baseline's on the same samples, the pooled accuracies
+and the standard error of their gap (:func:`_pooled_se`, for reading: the choice does not use it).
 Costs k - 1 more syntheses.  With ``dr_method=search`` Algorithm 1 is scored the same way: every DR
 model it trains is also trained on the k - 1 chunk runs (DR fit on each run's training data, the
 main run's epochs) and judged -- early termination, stopping, the final choice -- on its pooled
@@ -57,6 +59,7 @@ and ``dr_ratio`` is 1, so every trial reports the same keys.
 """
 from __future__ import annotations
 
+import math
 import pickle
 import time
 from dataclasses import dataclass, replace
@@ -489,6 +492,18 @@ def _cv_fold(cfg: ScannTrialConfig, prep: dict[str, Any], fold: int, device: tor
             "acc": [r["test_acc"] for r in synth.history], "params": [r["params"] for r in synth.history]}
 
 
+def _pooled_se(gaps: list[float], weights: list[float]) -> float:
+    """Standard error of the pooled accuracy gap ``sum(w * gap)`` from its k runs' own gaps (each
+    run's held-out accuracy minus the baseline's there; ``weights`` = each run's share of the pooled
+    samples): ``sqrt(k / (k - 1) * sum(w^2 (gap - pooled)^2))``, i.e. ``sd / sqrt(k)`` for equal
+    shares -- the k-fold standard error of Hastie et al., *Elements of Statistical Learning* Sec. 7.10
+    (the runs share training data, so it understates the error somewhat).  ``cv.csv`` records it for
+    reading; the choice does not use it."""
+    k = len(gaps)
+    g = sum(w * x for w, x in zip(weights, gaps))
+    return math.sqrt(k / (k - 1) * sum(w * w * (x - g) ** 2 for w, x in zip(weights, gaps)))
+
+
 def _cv_choice(cfg: ScannTrialConfig, synth: ScannSynthesis, folds: list[dict[str, Any]],
                reference_acc: float, n_val: int) -> tuple[Any, bool, list[dict[str, Any]], float]:
     """The most compressed checkpoint within ``tolerance`` on the pooled accuracy: the out-of-fold
@@ -501,13 +516,17 @@ def _cv_choice(cfg: ScannTrialConfig, synth: ScannSynthesis, folds: list[dict[st
         return (sum(a * f["n"] for a, f in zip(fold_accs, folds)) + val_acc * n_val) / n
 
     base = pooled([f["baseline_acc"] for f in folds], reference_acc)
+    weights = [n_val / n] + [f["n"] / n for f in folds]
     rows, eligible = [], []
     for ck in synth.checkpoints:
         acc = pooled([f["acc"][ck.iteration] for f in folds], ck.val_acc)
         ok = acc >= base - cfg.tolerance - 1e-12
+        gaps = [ck.val_acc - reference_acc] + [f["acc"][ck.iteration] - f["baseline_acc"] for f in folds]
         rows.append({"iteration": ck.iteration, "params": ck.params, "val_acc": ck.val_acc, "cv_acc": acc,
-                     "cv_baseline_acc": base, "pooled_n": n, "eligible": int(ok),
+                     "cv_baseline_acc": base, "cv_gap_se": _pooled_se(gaps, weights), "pooled_n": n,
+                     "eligible": int(ok), "val_baseline_acc": reference_acc,
                      **{f"fold{f['fold']}_acc": f["acc"][ck.iteration] for f in folds},
+                     **{f"fold{f['fold']}_baseline_acc": f["baseline_acc"] for f in folds},
                      **{f"fold{f['fold']}_params": f["params"][ck.iteration] for f in folds}})
         if ok:
             eligible.append((ck, acc))
