@@ -819,3 +819,31 @@ def test_image_mode_lenet5_on_mnist5k(tmp_path):
     model = ImageScannModel(LeNet5Features(), P(arch["num_inputs"], arch["pruned_shapes"]))
     model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_select_min_ratio_exports_the_least_compressed_network_at_the_ratio(tmp_path, monkeypatch):
+    """select=min_ratio: the exported network is the least compressed checkpoint at least min_ratio x
+    smaller than the baseline, picked by size alone -- the one bench.scann_compression judges."""
+    import pandas as pd
+
+    from bench import scann_compression as bench
+
+    nni_bridge._reset_for_tests()
+    cfg = tiny(select="min_ratio", min_ratio=4.0, scheme="C", prune_keep_schedule=[0.5, 0.2, 0.1, 0.03],
+               iterations=3)
+    summary = execute("scann", cfg, scann_run, tmp_path / "run")
+    st = pd.read_csv(tmp_path / "run" / "structure.csv")
+    ratios = summary["baseline_params"] / st["params"]
+    want = st[ratios >= 4.0].sort_values("params").iloc[-1]
+    assert (ratios < 4.0).any() and (ratios >= 4.0).sum() >= 2  # the choice is not the first or the last
+    assert summary["selected_iteration"] == want["iteration"] and summary["params"] == want["params"]
+    assert summary["compression_ratio"] >= 4.0 and summary["mc_met"] == 1
+    monkeypatch.setattr(bench, "TARGET_RATIO", 4.0)  # the benchmark's rule picks the same network
+    at = bench._at_target(tmp_path / "run", summary)
+    assert at["iteration"] == summary["selected_iteration"] and at["test_acc"] == summary["test_acc"]
+    nni_bridge._reset_for_tests()
+    far = execute("scann", tiny(select="min_ratio", min_ratio=1e6, scheme="C", iterations=1), scann_run,
+                  tmp_path / "far")
+    far_st = pd.read_csv(tmp_path / "far" / "structure.csv")
+    assert far["mc_met"] == 0 and far["params"] == far_st["params"].min()
+    one_line_user_error(lambda: tiny(select="min_ratio", min_ratio=0.5), "min_ratio must be >= 1")
