@@ -184,7 +184,10 @@ protocol with other seeds):
    breast_cancer DR+SCANN 19.2x / -0.97 missed).  On these 4 digits splits the 10x networks' pooled
    (training-data) gap to the baseline was already -0.23 (SCANN) and -0.37 points (DR+SCANN), and the
    test splits rated the baseline networks 0.23 points above their pooled accuracy; the development
-   splits' +0.56 points for digits DR+SCANN at 10x did not carry over.  The same check computed
+   splits' +0.56 points for digits DR+SCANN at 10x did not carry over.  Re-running the 4 digits
+   DR+SCANN main runs afterwards with 40 epochs per operation (the 80-epoch ones reproduce the
+   round's exactly): 80 epochs gained +0.28 points at 10x but lost 0.62 at 15x and 0.28 at 20x on
+   these splits -- over all 13 splits (development + these) +0.52, +0.24, +0.19.  The same check computed
    afterwards on the earlier rounds' runs (their settings; reference only): digits SCANN +0.28
    (round 3), digits DR+SCANN -1.20, -0.83, +0.14 (rounds 3, 4, 5), breast_cancer SCANN +1.46 and
    DR+SCANN +1.07 / +0.10, mnist5k +0.47 -- over all 7 digits SCANN splits -0.28 points, over all 16
