@@ -847,3 +847,21 @@ def test_select_min_ratio_exports_the_least_compressed_network_at_the_ratio(tmp_
     far_st = pd.read_csv(tmp_path / "far" / "structure.csv")
     assert far["mc_met"] == 0 and far["params"] == far_st["params"].min()
     one_line_user_error(lambda: tiny(select="min_ratio", min_ratio=0.5), "min_ratio must be >= 1")
+
+
+def test_min_ratio_counts_the_fully_connected_part_in_image_mode():
+    """Image mode: the ratio is that of the part SCANN synthesises (the convolutions' params are not
+    SCANN's); ties in size go to the better validation accuracy."""
+    from types import SimpleNamespace
+
+    from experiments.methods.scann import _at_min_ratio
+
+    cks = [SimpleNamespace(iteration=i, params=p, val_acc=v)
+           for i, (p, v) in enumerate([(1300, 0.99), (420, 0.98), (395, 0.97), (395, 0.975), (340, 0.9)])]
+    image = {"mode": "image", "conv_params": 300, "baseline": {"fc_params": 1000, "params": 1300}}
+    ck, met = _at_min_ratio(cks, 10.0, image)  # FC parts 1000, 120, 95, 95, 40: 95 is the first >= 10x
+    assert met and ck.iteration == 3
+    tabular = {"mode": "tabular", "baseline": {"params": 1300}}
+    assert _at_min_ratio(cks, 3.0, tabular)[0].iteration == 1  # 1300 / 420 = 3.1x
+    ck, met = _at_min_ratio(cks, 100.0, tabular)
+    assert not met and ck.iteration == 4
