@@ -187,7 +187,13 @@ protocol with other seeds):
    splits' +0.56 points for digits DR+SCANN at 10x did not carry over.  Re-running the 4 digits
    DR+SCANN main runs afterwards with 40 epochs per operation (the 80-epoch ones reproduce the
    round's exactly): 80 epochs gained +0.28 points at 10x but lost 0.62 at 15x and 0.28 at 20x on
-   these splits -- over all 13 splits (development + these) +0.52, +0.24, +0.19.  The same check computed
+   these splits -- over all 13 splits (development + these) +0.52, +0.24, +0.19.  Reference noise,
+   measured afterwards: 8 trainings (other initialisations) of each split's baseline architecture
+   put the 4 round-6 baseline networks 0.94, 0.62, 0.45 and 0.48 points *above* their
+   architecture's mean test accuracy -- against that mean both digits pairs would be at -0.07
+   points -- but over all 16 digits splits of rounds 3-6 the single network sits 0.08 points below
+   the mean on average (per split -1.91 .. +0.94, standard deviation 0.7): no bias, only noise that
+   a mean of several baseline trainings would remove from a future round's reference.  The same check computed
    afterwards on the earlier rounds' runs (their settings; reference only): digits SCANN +0.28
    (round 3), digits DR+SCANN -1.20, -0.83, +0.14 (rounds 3, 4, 5), breast_cancer SCANN +1.46 and
    DR+SCANN +1.07 / +0.10, mnist5k +0.47 -- over all 7 digits SCANN splits -0.28 points, over all 16
