@@ -395,8 +395,9 @@ def _test_selected(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
 
 def _at_target(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """The least compressed iteration of the run whose ratio is >= :data:`TARGET_RATIO` (its size
-    alone decides: no accuracy, validation or test, is looked at to pick it) and its test accuracy
-    change in points; ``ratio`` None when no iteration reaches the target ratio."""
+    alone decides; two iterations of the same size, the better validation accuracy -- the network
+    the trial's ``select=min_ratio`` exports) and its test accuracy change in points; ``ratio`` None
+    when no iteration reaches the target ratio."""
     st = pd.read_csv(run_dir / "structure.csv")
     conv = summary["baseline_params"] - summary.get("baseline_fc_params", summary["baseline_params"]) \
         if summary.get("mode") == "image" else 0
@@ -405,7 +406,7 @@ def _at_target(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     ok = st[ratio >= TARGET_RATIO - 1e-9]
     if ok.empty:
         return {"ratio": None, "params": None, "test_acc": None, "change_pt": None, "iteration": None}
-    row = ok.sort_values("params").iloc[-1]
+    row = ok.sort_values(["params", "val_acc"] if "val_acc" in ok else ["params"]).iloc[-1]  # ties: as the trial
     return {"ratio": base_p / max(1, row["params"] - conv), "params": int(row["params"] - conv),
             "test_acc": float(row["test_acc"]), "change_pt": 100 * (float(row["test_acc"]) - summary["baseline_test_acc"]),
             "iteration": int(row["iteration"])}
