@@ -331,24 +331,26 @@ def _schedule(keep: tuple[float, ...], iterations: int | None) -> tuple[int, lis
     return iterations, (list(keep[: iterations + 1]) if iterations + 1 <= len(keep) else list(keep))
 
 
-def _folds(spec: str) -> dict[str, int]:
+def _per_dataset(spec: str, flag: str, want: str, parse) -> dict[str, Any]:
+    """``name=value,...`` over the tabular data sets; ``parse(value)`` returns the value or None
+    (bad: a one-line error naming ``flag`` and ``want``)."""
     out = {}
     for item in filter(None, spec.split(",")):
-        name, _, k = item.partition("=")
-        if name not in DATASETS or name == "mnist5k" or not k.isdigit():
-            raise SystemExit(f"error: --select-folds wants tabular name=k items, got {item!r}")
-        out[name] = int(k)
+        name, _, value = item.partition("=")
+        parsed = parse(value) if name in DATASETS and name != "mnist5k" else None
+        if parsed is None:
+            raise SystemExit(f"error: {flag} wants tabular name={want} items, got {item!r}")
+        out[name] = parsed
     return out
+
+
+def _folds(spec: str) -> dict[str, int]:
+    return _per_dataset(spec, "--select-folds", "k", lambda k: int(k) if k.isdigit() else None)
 
 
 def _epochs(spec: str) -> dict[str, int]:
-    out = {}
-    for item in filter(None, spec.split(",")):
-        name, _, n = item.partition("=")
-        if name not in DATASETS or name == "mnist5k" or not n.isdigit() or int(n) < 1:
-            raise SystemExit(f"error: --dr-scann-epochs wants tabular name=epochs items (epochs >= 1), got {item!r}")
-        out[name] = int(n)
-    return out
+    return _per_dataset(spec, "--dr-scann-epochs", "epochs (epochs >= 1)",
+                        lambda n: int(n) if n.isdigit() and int(n) >= 1 else None)
 
 
 def _methods(spec: str) -> list[str]:
@@ -360,13 +362,7 @@ def _methods(spec: str) -> list[str]:
 
 
 def _recovery(spec: str, flag: str = "--scann-recovery") -> dict[str, str]:
-    out = {}
-    for item in filter(None, spec.split(",")):
-        name, _, how = item.partition("=")
-        if name not in DATASETS or name == "mnist5k" or how not in RECOVERY:
-            raise SystemExit(f"error: {flag} wants tabular name={'|'.join(RECOVERY)} items, got {item!r}")
-        out[name] = how
-    return out
+    return _per_dataset(spec, flag, "|".join(RECOVERY), lambda how: how if how in RECOVERY else None)
 
 
 def _trial(method_cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -378,38 +374,44 @@ def _trial(method_cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return execute("scann", cfg, run, run_dir)
 
 
+def _sizes(run_dir: Path, summary: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The run's ``structure.csv`` and the baseline sizes the trial's compression ratio is taken
+    against (:func:`experiments.methods.scann._ratio`; image mode: the fully connected part)."""
+    base = summary["baseline_params"]
+    conv = base - summary.get("baseline_fc_params", base) if summary.get("mode") == "image" else 0
+    prep = {"mode": summary.get("mode", "tabular"), "conv_params": conv,
+            "baseline": {"params": base, "fc_params": base - conv}}
+    return pd.read_csv(run_dir / "structure.csv"), prep
+
+
+def _picked(row, prep: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    from experiments.methods.scann import _ratio
+
+    return {"ratio": _ratio(prep, int(row.params)), "params": int(row.params) - prep["conv_params"],
+            "test_acc": float(row.test_acc), "iteration": int(row.iteration), **extra}
+
+
 def _test_selected(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """The most compressed iteration whose *test* accuracy is within 0.5 points (reference only)."""
-    st = pd.read_csv(run_dir / "structure.csv")
-    base = summary["baseline_test_acc"]
-    conv = summary["baseline_params"] - summary.get("baseline_fc_params", summary["baseline_params"]) \
-        if summary.get("mode") == "image" else 0
-    ok = st[st["test_acc"] >= base - TARGET_DROP - 1e-12]
+    st, prep = _sizes(run_dir, summary)
+    ok = st[st["test_acc"] >= summary["baseline_test_acc"] - TARGET_DROP - 1e-12]
     if ok.empty:
         return {"ratio": None, "params": None, "test_acc": None}
-    row = ok.sort_values("params").iloc[0]
-    base_p = summary["baseline_params"] - conv
-    return {"ratio": base_p / max(1, row["params"] - conv), "params": int(row["params"] - conv),
-            "test_acc": float(row["test_acc"]), "iteration": int(row["iteration"])}
+    return _picked(ok.sort_values("params").iloc[0], prep)
 
 
 def _at_target(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """The least compressed iteration of the run whose ratio is >= :data:`TARGET_RATIO` (its size
-    alone decides; two iterations of the same size, the better validation accuracy -- the network
-    the trial's ``select=min_ratio`` exports) and its test accuracy change in points; ``ratio`` None
-    when no iteration reaches the target ratio."""
-    st = pd.read_csv(run_dir / "structure.csv")
-    conv = summary["baseline_params"] - summary.get("baseline_fc_params", summary["baseline_params"]) \
-        if summary.get("mode") == "image" else 0
-    base_p = summary["baseline_params"] - conv
-    ratio = base_p / (st["params"] - conv).clip(lower=1)
-    ok = st[ratio >= TARGET_RATIO - 1e-9]
-    if ok.empty:
+    """The network the trial's ``select=min_ratio`` exports at :data:`TARGET_RATIO` (its rule,
+    :func:`experiments.methods.scann._at_min_ratio`: the least compressed iteration >= the ratio,
+    picked by its size alone; ties: validation accuracy) and its test accuracy change in points;
+    ``ratio`` None when no iteration reaches the target ratio."""
+    from experiments.methods.scann import _at_min_ratio
+
+    st, prep = _sizes(run_dir, summary)
+    row, reached = _at_min_ratio(list(st.itertuples()), TARGET_RATIO, prep)
+    if not reached:
         return {"ratio": None, "params": None, "test_acc": None, "change_pt": None, "iteration": None}
-    row = ok.sort_values(["params", "val_acc"] if "val_acc" in ok else ["params"]).iloc[-1]  # ties: as the trial
-    return {"ratio": base_p / max(1, row["params"] - conv), "params": int(row["params"] - conv),
-            "test_acc": float(row["test_acc"]), "change_pt": 100 * (float(row["test_acc"]) - summary["baseline_test_acc"]),
-            "iteration": int(row["iteration"])}
+    return _picked(row, prep, change_pt=100 * (float(row.test_acc) - summary["baseline_test_acc"]))
 
 
 def run_dataset(name: str, seed: int, args, out: Path) -> list[dict[str, Any]]:
@@ -469,7 +471,7 @@ def run_dataset(name: str, seed: int, args, out: Path) -> list[dict[str, Any]]:
             "met_on_validation": bool(s["mc_met"]), "select_folds": s.get("select_folds", 0),
             "selection_acc": s.get("selection_acc"), "selection_baseline_acc": s.get("selection_baseline_acc"), "dr_method": s["dr_method"], "dr_ratio": s["dr_ratio"],
             "target_ratio_met": ratio >= TARGET_RATIO, "target_accuracy_met": drop <= TARGET_DROP + 1e-9,
-            "test_selected": _test_selected(run_dir, {**s, "baseline_fc_params": s.get("baseline_fc_params")}),
+            "test_selected": _test_selected(run_dir, s),
             "at_target": _at_target(run_dir, s),
             "seconds": time.time() - t0, "trial_seconds": s.get("time_s"),
         })
