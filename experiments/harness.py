@@ -74,11 +74,25 @@ def load_images(cfg: CommonConfig):
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else the CPU.  On CUDA the run asks for deterministic kernels
+    (cuDNN's deterministic algorithms, cuBLAS' fixed workspace, torch's deterministic mode with a
+    warning where an op has no deterministic version): a resumed run must reproduce the run it
+    continues, and on an H100 four resume tests did not while these were off (see :func:`rng_state`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for, but no CUDA device is available")
+    if name.startswith("cuda"):
+        _deterministic_cuda()
     return torch.device(name)
+
+
+def _deterministic_cuda() -> None:
+    # cuBLAS reads this when its first handle is made (PyTorch's reproducibility notes)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def reseed_loader(loader, seed: int, epoch: int, *, phase: int = 0) -> None:
@@ -112,14 +126,21 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Global RNG states (data augmentation draws from them), for checkpoints."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Global RNG states (data augmentation draws from them; on a GPU, dropout and every random op on
+    CUDA tensors draw from the CUDA generators), for checkpoints."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 @dataclass

@@ -367,7 +367,7 @@ class FeedForwardNet(nn.Module):
 
     def cleaned(self) -> "FeedForwardNet":
         """A copy without dead neurons (same function; see :meth:`remove_dead_neurons`)."""
-        net = FeedForwardNet.from_snapshot(self.snapshot())
+        net = FeedForwardNet.from_snapshot(self.snapshot(), device=self.weight.device)
         net.remove_dead_neurons()
         return net
 
@@ -389,9 +389,13 @@ class FeedForwardNet(nn.Module):
         self.group_sizes = [int(n) for n in snap["group_sizes"]]
 
     @classmethod
-    def from_snapshot(cls, snap: Mapping[str, Any]) -> "FeedForwardNet":
+    def from_snapshot(cls, snap: Mapping[str, Any], device: torch.device | str | None = None) -> "FeedForwardNet":
+        """Rebuild a network from :meth:`snapshot` (whose tensors are on the CPU) on ``device``
+        (default: the CPU)."""
         net = cls(FeedForwardSpec(num_inputs=int(snap["num_inputs"]), num_outputs=int(snap["num_outputs"]),
                                   groups=tuple(snap["group_sizes"]), mlp=bool(snap["mlp"]), wiring="empty"))
+        if device is not None:
+            net.to(device)
         net.restore(snap)
         return net
 

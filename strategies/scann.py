@@ -604,7 +604,7 @@ def seed_network(cfg: ScannConfig, num_inputs: int, num_outputs: int, *, baselin
     """
     if cfg.scheme == "C":
         if baseline is not None:
-            net = FeedForwardNet.from_snapshot(baseline.snapshot())
+            net = FeedForwardNet.from_snapshot(baseline.snapshot(), device=baseline.weight.device)
             if not net.mlp:
                 raise ValueError("Scheme C needs an MLP baseline")
             return net
@@ -804,7 +804,7 @@ class ScannSynthesis:
     def _record(self, ops: list[str], counts: dict[str, int], train: tuple[float, float], seconds: float,
                 snapshot: dict[str, Any] | None = None, epoch: int | None = None) -> dict[str, Any]:
         data = self.data
-        net = FeedForwardNet.from_snapshot(snapshot) if snapshot is not None else self.net
+        net = FeedForwardNet.from_snapshot(snapshot, device=data.X_val.device) if snapshot is not None else self.net
         net = net.cleaned()  # same function; the figures are those of the real structure
         val_loss, val_acc = evaluate(net, data.X_val, data.y_val)
         test_acc = test_loss = None

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments import trial
 from strategies import proxyless as proxyless_mod
@@ -141,3 +142,34 @@ def test_nan_loss_fails_the_trial_and_keeps_the_folder_readable(tmp_path, capsys
     assert "non-finite loss" in (d / "error.txt").read_text()
     json.loads((d / "config.json").read_text())
     assert not (d / "summary.json").exists()
+
+
+def test_checkpointed_rng_state_holds_the_cuda_generators(monkeypatch):
+    """On a GPU, dropout and random ops on CUDA tensors draw from the CUDA generators: a checkpoint
+    must hold them, or a resumed run differs from the run it continues (seen on an H100)."""
+    from experiments import harness
+
+    saved = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((s, i)))
+    state = harness.rng_state()
+    assert state["cuda"] is saved
+    before = torch.rand(3)
+    harness.set_rng_state(state)
+    assert torch.equal(torch.rand(3), before) and restored == [(saved[0], 0)]
+    harness.set_rng_state({k: v for k, v in state.items() if k != "cuda"})  # a CPU run's checkpoint
+
+
+def test_cpu_runs_leave_the_deterministic_mode_alone():
+    from experiments import harness
+    from experiments.errors import UserError
+
+    assert harness.resolve_device("cpu").type == "cpu"
+    assert not torch.are_deterministic_algorithms_enabled()
+    if not torch.cuda.is_available():
+        assert harness.resolve_device("auto").type == "cpu"
+        with pytest.raises(UserError, match="no CUDA device"):
+            harness.resolve_device("cuda")

@@ -466,7 +466,7 @@ def _fold_mlp(cfg: ScannTrialConfig, hidden, part, epochs: int, device: torch.de
     key = (fold, *_fold_key(hidden, epochs, dr))
     if cache is not None and key in cache:
         snapshot, acc = cache[key]
-        return FeedForwardNet.from_snapshot(snapshot).to(device), data, acc
+        return FeedForwardNet.from_snapshot(snapshot, device=device), data, acc
     net, fig = train_mlp(tuple(hidden), data, epochs=int(epochs), keep="last", **_train_kwargs(cfg))
     if cache is not None:
         cache[key] = (net.snapshot(), fig["test_acc"])
