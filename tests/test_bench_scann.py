@@ -21,14 +21,15 @@ def _row(ds, method, seed, ratio, drop, held=True, at=(11.0, 0.0)):
 def test_plan_runs_enough_seeds_for_a_thousand_test_predictions_from_the_first_seed():
     args = SimpleNamespace(seeds=None, first_seed=100)
     units = bench.plan(["digits", "breast_cancer", "mnist5k"], args)
-    assert sorted(units) == sorted([("digits", 100 + k) for k in range(4)] + [("mnist5k", 100 + k) for k in range(3)]
+    assert sorted(units) == sorted([("digits", 100 + k) for k in range(8)] + [("mnist5k", 100 + k) for k in range(3)]
                                    + [("breast_cancer", 100 + k) for k in range(9)])
     assert units[0] == ("digits", 100)  # slowest first, seed by seed
     from experiments.data import load_tabular_dataset
 
-    for name in ("digits", "breast_cancer"):  # SEEDS: the fewest seeds (>= 4) for >= 1,000 pooled test predictions
+    # SEEDS: the fewest seeds (>= 4) for >= 1,000 pooled test predictions; digits 8 from round 7 on
+    for name, least in (("digits", 8), ("breast_cancer", 4)):
         n_test = len(load_tabular_dataset(bench.DATASETS[name], seed=100).y_test)
-        assert bench.SEEDS[name] == max(4, math.ceil(1000 / n_test)), (name, n_test)
+        assert bench.SEEDS[name] == max(least, math.ceil(1000 / n_test)), (name, n_test)
     assert bench.plan(["breast_cancer"], SimpleNamespace(seeds=2, first_seed=0)) == [("breast_cancer", 0),
                                                                                       ("breast_cancer", 1)]
 
@@ -123,7 +124,7 @@ def test_each_method_gets_its_own_recovery_schedule_and_dr_scann_reuses_the_base
 
     monkeypatch.setattr(bench, "_trial", fake_trial)
     args = bench._args(["--scann-recovery", "breast_cancer=cosine", "--dr-scann-recovery", "digits=cosine-last",
-                        "--out", str(tmp_path / "a")])
+                        "--out", str(tmp_path / "a"), "--reference-trainings", "1"])
     for name in ("digits", "breast_cancer"):
         rows = bench.run_dataset(name, 7, args, tmp_path / "a")
         assert [r["method"] for r in rows] == ["SCANN", "DR+SCANN"] and rows[0]["ratio"] == 10.0
@@ -134,10 +135,55 @@ def test_each_method_gets_its_own_recovery_schedule_and_dr_scann_reuses_the_base
     assert "baseline_hidden" not in seen[0] and seen[1]["baseline_hidden"] == [24]
     assert seen[1]["dr_method"] == "search" and seen[1]["select_folds"] == bench.SELECT_FOLDS["digits"]
     seen.clear()
-    bench.run_dataset("digits", 7, bench._args(["--dr-scann-epochs", "", "--epochs-per-op", "30"]), tmp_path / "c")
+    bench.run_dataset("digits", 7, bench._args(["--dr-scann-epochs", "", "--epochs-per-op", "30", "--reference-trainings",
+                                                "1"]), tmp_path / "c")
     assert [c["epochs_per_op"] for c in seen] == [30, 30]
     seen.clear()  # the defaults: breast_cancer SCANN anneals (round 3), digits DR+SCANN anneals and keeps the last epoch
-    bench.run_dataset("digits", 7, bench._args([]), tmp_path / "b")
-    bench.run_dataset("breast_cancer", 7, bench._args([]), tmp_path / "b")
+    bench.run_dataset("digits", 7, bench._args(["--reference-trainings", "1"]), tmp_path / "b")
+    bench.run_dataset("breast_cancer", 7, bench._args(["--reference-trainings", "1"]), tmp_path / "b")
     assert [(c["recovery_schedule"], c["checkpoint_epochs"]) for c in seen] == [
         ("constant", True), ("cosine", False), ("cosine", True), ("constant", True)]
+
+
+def test_the_10x_check_judges_against_the_mean_of_the_baseline_trainings(tmp_path, monkeypatch):
+    """Round 7 on: the reference is the mean test accuracy of --reference-trainings trainings of the
+    baseline architecture, computed once per (data set, seed) for both methods; the change against
+    the run's own baseline network is kept beside it; mnist5k keeps its single network."""
+    import json
+
+    from experiments.methods import scann as trial_mod
+
+    calls = []
+
+    def fake_trial(cfg, run_dir):
+        run_dir.mkdir(parents=True)
+        (run_dir / "arch.json").write_text(json.dumps({"baseline_hidden": [24]}))
+        pd.DataFrame({"iteration": [0, 1], "params": [200, 100], "test_acc": [0.97, 0.96],
+                      "val_acc": [0.98, 0.98]}).to_csv(run_dir / "structure.csv")
+        return {"baseline_params": 1000, "params": 100, "baseline_test_acc": 0.97, "test_acc": 0.96,
+                "baseline_val_acc": 0.98, "val_acc": 0.98, "connections": 90, "total_compression_ratio": 10.0,
+                "flops": 1, "baseline_flops": 10, "depth": 1, "neurons": 5, "mc_met": True,
+                "dr_method": "pca", "dr_ratio": 0.5}
+
+    def fake_accs(cfg, hidden, trainings):
+        calls.append((cfg.dataset, cfg.seed, tuple(hidden), trainings))
+        return [0.97, 0.95, 0.96, 0.96][:trainings]
+
+    monkeypatch.setattr(bench, "_trial", fake_trial)
+    monkeypatch.setattr(trial_mod, "baseline_test_accs", fake_accs)
+    rows = bench.run_dataset("digits", 7, bench._args(["--reference-trainings", "4"]), tmp_path / "a")
+    assert calls == [("digits_flat", 7, (24,), 4)]  # once for SCANN and DR+SCANN
+    for r in rows:
+        assert r["reference"]["mean"] == pytest.approx(0.96) and r["reference"]["reproduces"]
+        assert r["at_target"]["change_pt"] == pytest.approx(0.0)  # 0.96 against the mean 0.96
+        assert r["at_target"]["change_single_pt"] == pytest.approx(-1.0)  # against the run's own 0.97
+    s = bench.summarize(pd.DataFrame(rows))
+    assert s["at_target_change_pt"].tolist() == pytest.approx([0.0, 0.0]) and s["target_met"].all()
+    assert s["at_target_change_single_pt"].tolist() == pytest.approx([-1.0, -1.0])
+    monkeypatch.setattr(trial_mod, "baseline_test_accs", lambda *a: [0.95, 0.97])
+    rows = bench.run_dataset("digits", 8, bench._args(["--reference-trainings", "2"]), tmp_path / "b")
+    assert not rows[0]["reference"]["reproduces"]  # flagged, not silently used
+    calls.clear()
+    rows = bench.run_dataset("digits", 9, bench._args(["--reference-trainings", "1"]), tmp_path / "c")
+    assert calls == [] and rows[0]["reference"] is None and rows[0]["at_target"]["change_pt"] == pytest.approx(-1.0)
+    assert bench.main(["--reference-trainings", "0", "--out", str(tmp_path / "d")]) == 2

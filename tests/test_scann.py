@@ -865,3 +865,18 @@ def test_min_ratio_counts_the_fully_connected_part_in_image_mode():
     assert _at_min_ratio(cks, 3.0, tabular)[0].iteration == 1  # 1300 / 420 = 3.1x
     ck, met = _at_min_ratio(cks, 100.0, tabular)
     assert not met and ck.iteration == 4
+
+
+def test_baseline_test_accs_first_training_is_the_trials_baseline(tmp_path):
+    """The benchmark's reference trainings use the trial's own recipe: the first reproduces the
+    trial's baseline network exactly, the others are other initialisations."""
+    from experiments.methods.scann import baseline_test_accs
+
+    nni_bridge._reset_for_tests()
+    cfg = tiny(dr_method="none")
+    summary = execute("scann", cfg, scann_run, tmp_path / "run")
+    accs = baseline_test_accs(cfg, [16], 3)
+    assert accs[0] == summary["baseline_test_acc"] and len(accs) == 3
+    assert all(0 < a <= 1 for a in accs)
+    with pytest.raises(UserError, match="tabular"):
+        baseline_test_accs(build_config(ScannTrialConfig, dict(dataset="mnist5k", limit=300)), [500], 2)

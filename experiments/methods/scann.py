@@ -108,7 +108,7 @@ from ..data import TABULAR_DATASETS, load_tabular_dataset, make_loaders
 from ..harness import CommonConfig, RunContext, load_images, resolve_device, rng_state, set_rng_state
 from ..runfolder import atomic_torch_save, atomic_write_bytes
 
-__all__ = ["ScannTrialConfig", "run", "BASELINE_GRID", "IMAGE_DATASETS_SCANN"]
+__all__ = ["ScannTrialConfig", "run", "BASELINE_GRID", "IMAGE_DATASETS_SCANN", "baseline_test_accs"]
 
 #: Hidden layers of the candidate MLP baselines (tabular); the best on validation is the baseline
 #: ("the best MLP baseline found with the help of the validation set", Sec. 4.2).
@@ -257,12 +257,35 @@ def _train_kwargs(cfg: ScannTrialConfig) -> dict[str, Any]:
     return dict(batch_size=cfg.batch_size, seed=cfg.seed, **cfg.training())
 
 
-def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.device) -> dict[str, Any]:
+def _tabular_data(cfg: ScannTrialConfig, device: torch.device):
+    """The trial's split and its range normalisation (fit on the training split): ``(splits, norm, data)``."""
     splits = load_tabular_dataset(cfg.dataset, csv=cfg.csv, label=cfg.label, val_fraction=cfg.val_fraction,
                                   test_fraction=cfg.test_fraction, seed=cfg.seed)
     norm = RangeNormalizer().fit(splits.X_train)
     full = TensorData.from_arrays(norm.transform(splits.X_train), splits.y_train, norm.transform(splits.X_val),
                                   splits.y_val, norm.transform(splits.X_test), splits.y_test, device=device)
+    return splits, norm, full
+
+
+def baseline_test_accs(cfg: ScannTrialConfig, hidden, trainings: int) -> list[float]:
+    """Test accuracies of ``trainings`` trainings of the baseline MLP ``hidden`` on the trial's split,
+    with the trial's baseline recipe: the first with the trial's seed -- the trial's own baseline
+    network, the same figures -- the others with seeds ``seed + 1000 j`` (other initialisations and
+    batch orders).  Their mean is the architecture's accuracy on the split without one network's
+    initialisation noise (0.4-1.0 points of standard deviation on digits), the reference the SCANN
+    benchmark judges its 10x networks against (``bench/scann_compression.py``).  Tabular data only."""
+    if cfg.image_mode:
+        raise UserError("baseline_test_accs: tabular data sets only")
+    _, _, data = _tabular_data(cfg, resolve_device(cfg.device))
+    accs = []
+    for j in range(trainings):
+        kw = {**_train_kwargs(cfg), "seed": cfg.seed + 1000 * j}
+        accs.append(train_mlp(tuple(hidden), data, epochs=cfg.baseline_epochs, **kw)[1]["test_acc"])
+    return accs
+
+
+def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.device) -> dict[str, Any]:
+    splits, norm, full = _tabular_data(cfg, device)
     full_classes = splits.num_classes
 
     # ---- baseline: the best-validation MLP (ties: fewer parameters) ----
