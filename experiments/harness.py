@@ -76,8 +76,9 @@ def load_images(cfg: CommonConfig):
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when available, else the CPU.  On CUDA the run asks for deterministic kernels
     (cuDNN's deterministic algorithms, cuBLAS' fixed workspace, torch's deterministic mode with a
-    warning where an op has no deterministic version): a resumed run must reproduce the run it
-    continues, and on an H100 four resume tests did not while these were off (see :func:`rng_state`)."""
+    warning where an op has no deterministic version, e.g. AdaptiveAvgPool2d's backward): a resumed
+    run must reproduce the run it continues.  Four resume tests failed on an H100 before this and the
+    CUDA RNG states in :func:`rng_state` were added; not re-checked on a GPU since."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
