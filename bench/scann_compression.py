@@ -488,15 +488,14 @@ def _at_target(run_dir: Path, summary: dict[str, Any], reference: float | None =
                    change_single_pt=100 * (float(row.test_acc) - single))
 
 
-def _reference(cfg: dict[str, Any], run_dir: Path, summary: dict[str, Any], trainings: int) -> dict[str, Any]:
-    """The reference test accuracy of a tabular run's baseline: the mean of ``trainings`` trainings of
-    its architecture on the run's split with the trial's own recipe
+def _reference(cfg: dict[str, Any], hidden: list[int], summary: dict[str, Any], trainings: int) -> dict[str, Any]:
+    """The reference test accuracy of a tabular run's baseline (hidden layers ``hidden``): the mean of
+    ``trainings`` trainings of its architecture on the run's split with the trial's own recipe
     (:func:`experiments.methods.scann.baseline_test_accs`; the first is the run's baseline network
     itself, checked: ``reproduces``)."""
     from experiments.config import build_config
     from experiments.methods.scann import ScannTrialConfig, baseline_test_accs
 
-    hidden = json.loads((run_dir / "arch.json").read_text())["baseline_hidden"]
     accs = baseline_test_accs(build_config(ScannTrialConfig, cfg), hidden, trainings)
     return {"hidden": hidden, "test_accs": accs, "mean": sum(accs) / len(accs),
             "reproduces": abs(accs[0] - summary["baseline_test_acc"]) < 1e-12}
@@ -542,10 +541,10 @@ def run_dataset(name: str, seed: int, args, out: Path) -> list[dict[str, Any]]:
         run_dir = out / "scann_runs" / f"{name}_{method.replace('+', '_').lower()}_seed{seed}"
         t0 = time.time()
         s = _trial(cfg, run_dir)
-        if method == "SCANN" and ds != "mnist5k":
+        if ds != "mnist5k":  # DR+SCANN (after SCANN) reuses it; the reference is computed once per seed
             baseline_hidden = json.loads((run_dir / "arch.json").read_text())["baseline_hidden"]
-        if ds != "mnist5k" and args.reference_trainings > 1 and reference is None:  # one per (data set, seed)
-            reference = _reference(cfg, run_dir, s, args.reference_trainings)
+        if ds != "mnist5k" and args.reference_trainings > 1 and reference is None:
+            reference = _reference(cfg, baseline_hidden, s, args.reference_trainings)
             if not reference["reproduces"]:
                 print(f"  note: {name} seed {seed}: the first reference training does not reproduce the run's "
                       "baseline network", flush=True)
