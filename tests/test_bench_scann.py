@@ -22,12 +22,13 @@ def test_plan_runs_enough_seeds_for_a_thousand_test_predictions_from_the_first_s
     args = SimpleNamespace(seeds=None, first_seed=100)
     units = bench.plan(["digits", "breast_cancer", "mnist5k"], args)
     assert sorted(units) == sorted([("digits", 100 + k) for k in range(8)] + [("mnist5k", 100 + k) for k in range(3)]
-                                   + [("breast_cancer", 100 + k) for k in range(9)])
+                                   + [("breast_cancer", 100 + k) for k in range(18)])
     assert units[0] == ("digits", 100)  # slowest first, seed by seed
     from experiments.data import load_tabular_dataset
 
-    # SEEDS: the fewest seeds (>= 4) for >= 1,000 pooled test predictions; digits 8 from round 7 on
-    for name, least in (("digits", 8), ("breast_cancer", 4)):
+    # SEEDS: the fewest seeds (>= 4) for >= 1,000 pooled test predictions; digits 8 from round 7 on,
+    # breast_cancer 18 from round 9 on
+    for name, least in (("digits", 8), ("breast_cancer", 18)):
         n_test = len(load_tabular_dataset(bench.DATASETS[name], seed=100).y_test)
         assert bench.SEEDS[name] == max(least, math.ceil(1000 / n_test)), (name, n_test)
     assert bench.plan(["breast_cancer"], SimpleNamespace(seeds=2, first_seed=0)) == [("breast_cancer", 0),
@@ -101,6 +102,9 @@ def test_bad_flags_exit_2_before_any_run(tmp_path, capsys):
         bench.main(["--dr-scann-epochs", "digits=0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--methods"):
         bench.main(["--methods", "SCANN,MLP", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--scann-weight-decay"):
+        bench.main(["--scann-weight-decay", "breast_cancer=-1", "--out", str(tmp_path)])
+    assert bench._weight_decay("breast_cancer=1e-3,digits=0") == {"breast_cancer": 1e-3, "digits": 0.0}
     assert bench._methods("dr+scann") == ["DR+SCANN"]
     assert not (tmp_path / "scann_runs").exists()
 
@@ -143,6 +147,12 @@ def test_each_method_gets_its_own_recovery_schedule_and_dr_scann_reuses_the_base
     bench.run_dataset("breast_cancer", 7, bench._args(["--reference-trainings", "1"]), tmp_path / "b")
     assert [(c["recovery_schedule"], c["checkpoint_epochs"]) for c in seen] == [
         ("constant", True), ("cosine", False), ("cosine", True), ("constant", True)]
+    assert all("scann_weight_decay" not in c for c in seen)  # SCANN_WEIGHT_DECAY: none by default
+    seen.clear()  # --scann-weight-decay reaches both methods of its data set only
+    wd = bench._args(["--scann-weight-decay", "breast_cancer=1e-3", "--reference-trainings", "1"])
+    bench.run_dataset("digits", 7, wd, tmp_path / "d")
+    bench.run_dataset("breast_cancer", 7, wd, tmp_path / "d")
+    assert [c.get("scann_weight_decay") for c in seen] == [None, None, 1e-3, 1e-3]
 
 
 def test_the_10x_check_judges_against_the_mean_of_the_baseline_trainings(tmp_path, monkeypatch):
@@ -187,3 +197,45 @@ def test_the_10x_check_judges_against_the_mean_of_the_baseline_trainings(tmp_pat
     rows = bench.run_dataset("digits", 9, bench._args(["--reference-trainings", "1"]), tmp_path / "c")
     assert calls == [] and rows[0]["reference"] is None and rows[0]["at_target"]["change_pt"] == pytest.approx(-1.0)
     assert bench.main(["--reference-trainings", "0", "--out", str(tmp_path / "d")]) == 2
+
+
+def test_pool_with_joins_earlier_rounds_runs_in_the_verdict(tmp_path, monkeypatch, capsys):
+    """Round 9 on: --pool-with adds an earlier round's runs of the same pairs to the verdict (its own
+    summary is kept beside it); a missing file fails before any run, a seed run twice is refused."""
+    import json
+
+    from experiments.methods import scann as trial_mod
+
+    def fake_trial(cfg, run_dir):
+        acc = 0.95 if cfg["seed"] < 10 else 0.975  # round 1: -2 pt at 10x, round 2: +0.5 pt
+        run_dir.mkdir(parents=True)
+        (run_dir / "arch.json").write_text(json.dumps({"baseline_hidden": [24]}))
+        pd.DataFrame({"iteration": [0, 1], "params": [200, 100], "test_acc": [0.97, acc],
+                      "val_acc": [0.98, 0.98]}).to_csv(run_dir / "structure.csv")
+        return {"baseline_params": 1000, "params": 100, "baseline_test_acc": 0.97, "test_acc": acc,
+                "baseline_val_acc": 0.98, "val_acc": 0.98, "connections": 90, "total_compression_ratio": 10.0,
+                "flops": 1, "baseline_flops": 10, "depth": 1, "neurons": 5, "mc_met": True, "selection_acc": None,
+                "select_folds": 8, "dr_method": "pca", "dr_ratio": 0.5}
+
+    monkeypatch.setattr(bench, "_trial", fake_trial)
+    monkeypatch.setattr(trial_mod, "baseline_test_accs", lambda cfg, hidden, n: [0.97] * n)
+    common = ["--datasets", "breast_cancer", "--methods", "SCANN", "--jobs", "1", "--seeds", "2"]
+    assert bench.main(common + ["--out", str(tmp_path / "r1")]) == 0
+    first = tmp_path / "r1" / "scann_compression.json"
+    assert not json.loads(first.read_text())["all_targets_met"]
+    assert bench.main(common + ["--first-seed", "10", "--out", str(tmp_path / "r2"), "--pool-with", str(first)]) == 0
+    out = json.loads((tmp_path / "r2" / "scann_compression.json").read_text())
+    assert out["summary"][0]["seeds"] == 2 and out["summary"][0]["target_met"]  # this round alone: +0.5
+    pooled = out["summary_pooled"][0]
+    assert pooled["seeds"] == 4 and pooled["at_target_change_pt"] == pytest.approx(-0.75)
+    assert not out["all_targets_met"] and out["pooled_with"] == [str(first)]  # the verdict is the pooled one
+    assert (tmp_path / "r2" / "scann_compression.png").stat().st_size > 0
+    assert f"pooled with 2 runs of earlier rounds ({first};" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="seeds \\[0, 1\\] are also in this round"):
+        bench.main(common + ["--out", str(tmp_path / "r3"), "--pool-with", str(first)])
+    assert not (tmp_path / "r3" / "scann_runs").exists()  # refused before any run
+    with pytest.raises(SystemExit, match="no runs of this round"):
+        bench.main(common + ["--datasets", "digits", "--out", str(tmp_path / "r5"), "--pool-with", str(first)])
+    with pytest.raises(SystemExit, match="--pool-with .*missing.json"):
+        bench.main(common + ["--out", str(tmp_path / "r4"), "--pool-with", str(tmp_path / "missing.json")])
+    assert not (tmp_path / "r4" / "scann_runs").exists()

@@ -381,6 +381,18 @@ def test_recovery_lr_applies_to_the_training_after_pruning_only(schedule):
     one_line_user_error(lambda: ScannConfig(recovery_schedule="step"), "recovery_schedule")
 
 
+def test_scann_weight_decay_applies_to_the_synthesis_only():
+    """``scann_weight_decay`` sets the synthesis's weight decay; the baseline (and the DR models, the
+    benchmark's reference trainings) keep the trial's ``weight_decay``; a negative one is refused."""
+    cfg = build_config(ScannTrialConfig, {"dataset": "breast_cancer", "scann_weight_decay": 1e-3})
+    assert cfg.training()["weight_decay"] == 1e-4
+    assert cfg.scann_config(16).weight_decay == 1e-3
+    both = build_config(ScannTrialConfig, {"dataset": "breast_cancer", "weight_decay": 5e-4})
+    assert both.training()["weight_decay"] == both.scann_config(16).weight_decay == 5e-4
+    one_line_user_error(lambda: build_config(ScannTrialConfig, {"dataset": "breast_cancer",
+                                                                "scann_weight_decay": -1.0}), "weight_decay")
+
+
 def test_epoch_plan_replays_the_epochs_validation_chose(monkeypatch):
     """A run given the epochs another run's validation chose (``epoch_plan``) keeps exactly those
     checkpoints without looking at validation data; a plan too short for the iterations is refused."""

@@ -7,7 +7,10 @@ method at ``dr_ratio``, or ``search`` = Algorithm 1 over ``dr_methods`` x ``dr_r
 the DR model (every hidden layer shrunk by the ratio), then run SCANN (Algorithm 2) on the
 (reduced) data.  Image data (Sec. 4.1; ``mnist5k`` embedded or ``mnist`` from ``data_dir``):
 train LeNet-5 (Caffe) with SGD lr 0.03 / momentum 0.9 / wd 1e-4, freeze its convolutional part
-as a feature extractor and synthesise the fully connected part with SCANN.
+as a feature extractor and synthesise the fully connected part with SCANN.  ``optimizer``, ``lr``,
+``momentum`` and ``weight_decay`` override both the baseline's and the synthesis's training;
+``scann_weight_decay`` the synthesis's weight decay alone (the baseline, the DR models and the SCANN
+benchmark's reference trainings keep ``weight_decay``).
 
 Run folder: ``metrics.csv`` (phase ``baseline`` / ``dr`` rows, then one ``scann`` row per
 iteration, reported to NNI), ``structure.csv`` (architecture state per iteration: neurons,
@@ -166,6 +169,7 @@ class ScannTrialConfig(CommonConfig):
     recovery_schedule: str = "constant"
     momentum: float | None = None
     weight_decay: float | None = None
+    scann_weight_decay: float | None = None
     select: str = "best_val"
     tolerance: float = 0.005
     min_ratio: float = 10.0
@@ -242,7 +246,15 @@ class ScannTrialConfig(CommonConfig):
             prune_keep_schedule=self.prune_keep_schedule or None, iterations=self.iterations,
             initial_epochs=initial, epochs_per_op=epochs_per_op, noise=self.noise, growth_batch=self.growth_batch,
             checkpoint_epochs=self.checkpoint_epochs, batch_size=self.batch_size, recovery_lr=self.recovery_lr,
-            recovery_schedule=self.recovery_schedule, **self.training())
+            recovery_schedule=self.recovery_schedule, **self.scann_training())
+
+    def scann_training(self) -> dict[str, Any]:
+        """The synthesis's optimizer settings: :meth:`training` (the baseline's), with
+        ``scann_weight_decay`` in place of the weight decay when it is set."""
+        base = self.training()
+        if self.scann_weight_decay is not None:
+            base["weight_decay"] = self.scann_weight_decay
+        return base
 
 
 # --------------------------------------------------------------------------- preparation
