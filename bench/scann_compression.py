@@ -840,31 +840,64 @@ def _print_summary(summary: pd.DataFrame, what: str) -> None:
           "was reported; test-selected: reference only")
 
 
-def _read_pool(paths: str) -> list[tuple[str, list[dict[str, Any]]]]:
-    """``--pool-with``: ``(path, runs)`` of each earlier round's ``scann_compression.json`` (comma
-    list), read before any run; a missing or malformed file is a one-line error."""
+#: Settings that are not the methods' (they may differ between pooled rounds).
+NOT_METHOD_SETTINGS = {"datasets", "methods", "seeds", "first_seed", "jobs", "out", "resume", "threads", "pool_with"}
+#: A setting missing from an earlier round's file: the value the round ran with (it predates the flag).
+SETTING_BEFORE_FLAG = {"reference_trainings": 1, "scann_weight_decay": ""}
+#: Per-data-set settings (``name=value`` lists) and their parsers: compared for the pooled data sets only.
+PER_DATASET_SETTINGS = {"select_folds": lambda v: _folds(v), "scann_recovery": lambda v: _recovery(v),
+                        "dr_scann_recovery": lambda v: _recovery(v, "--dr-scann-recovery"),
+                        "dr_scann_epochs": lambda v: _epochs(v), "scann_weight_decay": lambda v: _weight_decay(v)}
+
+PoolFile = tuple[str, list[dict[str, Any]], dict[str, Any]]
+
+
+def _read_pool(paths: str) -> list[PoolFile]:
+    """``--pool-with``: ``(path, runs, settings)`` of each earlier round's ``scann_compression.json``
+    (comma list), read before any run; a missing or malformed file is a one-line error."""
     out = []
     for path in filter(None, (p.strip() for p in paths.split(","))):
         try:
-            runs = json.loads(Path(path).read_text())["runs"]
+            data = json.loads(Path(path).read_text())
+            runs, settings = data["runs"], data["settings"]
             if not isinstance(runs, list) or not all(isinstance(r, dict) and "at_target" in r for r in runs):
                 raise ValueError("its runs lack the at-target figures")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"error: --pool-with {path}: not a readable scann_compression.json ({e})") from None
-        out.append((path, runs))
+        out.append((path, runs, settings))
     return out
 
 
-def _pooled_runs(pool: list[tuple[str, list[dict[str, Any]]]], units: list[tuple[str, int]],
-                 methods: list[str]) -> pd.DataFrame:
+def _same_settings(path: str, settings: dict[str, Any], args, names: set[str]) -> None:
+    """An earlier round pools only if it ran the methods as this round does: every setting but
+    :data:`NOT_METHOD_SETTINGS` equal (per-data-set lists: for the pooled data sets ``names``); else a
+    one-line error naming the first that differs."""
+    for key, now in vars(args).items():
+        if key in NOT_METHOD_SETTINGS:
+            continue
+        then = settings.get(key, SETTING_BEFORE_FLAG.get(key, _args([]).__dict__[key]))
+        if key in PER_DATASET_SETTINGS:
+            parse = PER_DATASET_SETTINGS[key]
+            same = all(parse(then or "").get(n) == parse(now or "").get(n) for n in names)
+        else:
+            same = then == now
+        if not same:
+            raise SystemExit(f"error: --pool-with {path}: it ran with {key}={then!r}, this round with {now!r}; "
+                             "only rounds with the same method settings pool")
+
+
+def _pooled_runs(pool: list[PoolFile], units: list[tuple[str, int]], args) -> pd.DataFrame:
     """The runs of earlier rounds (:func:`_read_pool`) of the (data set, method) pairs this round
-    runs (``units`` x ``methods``), each marked with its file's path as ``round``; checked before
+    runs (``units`` x ``--methods``), each marked with its file's path as ``round``; checked before
     any run.  They join this round's runs in the verdict (round 9 on).  A seed that this round also
-    runs, or a file with no runs of these pairs, is a one-line error."""
+    runs, a file with no runs of these pairs, or one whose method settings differ
+    (:func:`_same_settings`) is a one-line error."""
     rows = []
+    methods = _methods(args.methods)
     mine = {(n, m, seed) for n, seed in units for m in methods if not (n == "mnist5k" and m != "SCANN")}
     pairs = {(n, m) for n, m, _ in mine}
-    for path, runs in pool:
+    for path, runs, settings in pool:
+        _same_settings(path, settings, args, {n for n, _ in pairs})
         got = [{**r, "round": path} for r in runs if (r["dataset"], r["method"]) in pairs]
         if not got:
             raise SystemExit(f"error: --pool-with {path}: no runs of this round's (data set, method) pairs")
@@ -901,7 +934,7 @@ def main(argv=None) -> int:
     _weight_decay(args.scann_weight_decay)
     pool = _read_pool(args.pool_with)
     units = plan(names, args)
-    pooled = _pooled_runs(pool, units, _methods(args.methods))
+    pooled = _pooled_runs(pool, units, args)
     if not args.resume:
         import shutil
 

@@ -201,7 +201,8 @@ def test_the_10x_check_judges_against_the_mean_of_the_baseline_trainings(tmp_pat
 
 def test_pool_with_joins_earlier_rounds_runs_in_the_verdict(tmp_path, monkeypatch, capsys):
     """Round 9 on: --pool-with adds an earlier round's runs of the same pairs to the verdict (its own
-    summary is kept beside it); a missing file fails before any run, a seed run twice is refused."""
+    summary is kept beside it); a missing file, a seed run twice or other method settings are refused
+    before any run."""
     import json
 
     from experiments.methods import scann as trial_mod
@@ -234,6 +235,12 @@ def test_pool_with_joins_earlier_rounds_runs_in_the_verdict(tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="seeds \\[0, 1\\] are also in this round"):
         bench.main(common + ["--out", str(tmp_path / "r3"), "--pool-with", str(first)])
     assert not (tmp_path / "r3" / "scann_runs").exists()  # refused before any run
+    with pytest.raises(SystemExit, match="it ran with tolerance=0.005, this round with 0.01"):
+        bench.main(common + ["--first-seed", "20", "--tolerance", "0.01", "--out", str(tmp_path / "r6"),
+                             "--pool-with", str(first)])
+    assert not (tmp_path / "r6" / "scann_runs").exists()
+    assert bench.main(common + ["--first-seed", "20", "--dr-scann-recovery", "", "--out", str(tmp_path / "r7"),
+                                "--pool-with", str(first)]) == 0  # a digits-only setting: breast_cancer pools
     with pytest.raises(SystemExit, match="no runs of this round"):
         bench.main(common + ["--datasets", "digits", "--out", str(tmp_path / "r5"), "--pool-with", str(first)])
     with pytest.raises(SystemExit, match="--pool-with .*missing.json"):
