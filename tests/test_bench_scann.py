@@ -147,12 +147,13 @@ def test_each_method_gets_its_own_recovery_schedule_and_dr_scann_reuses_the_base
     bench.run_dataset("breast_cancer", 7, bench._args(["--reference-trainings", "1"]), tmp_path / "b")
     assert [(c["recovery_schedule"], c["checkpoint_epochs"]) for c in seen] == [
         ("constant", True), ("cosine", False), ("cosine", True), ("constant", True)]
-    assert all("scann_weight_decay" not in c for c in seen)  # SCANN_WEIGHT_DECAY: none by default
-    seen.clear()  # --scann-weight-decay reaches both methods of its data set only
-    wd = bench._args(["--scann-weight-decay", "breast_cancer=1e-3", "--reference-trainings", "1"])
+    # SCANN_WEIGHT_DECAY (round 10): breast_cancer's SCANN runs only
+    assert [c.get("scann_weight_decay") for c in seen] == [None, None, 1e-3, None]
+    seen.clear()  # --scann-weight-decay reaches the SCANN runs of its data sets only
+    wd = bench._args(["--scann-weight-decay", "digits=5e-4", "--reference-trainings", "1"])
     bench.run_dataset("digits", 7, wd, tmp_path / "d")
     bench.run_dataset("breast_cancer", 7, wd, tmp_path / "d")
-    assert [c.get("scann_weight_decay") for c in seen] == [None, None, 1e-3, 1e-3]
+    assert [c.get("scann_weight_decay") for c in seen] == [5e-4, None, None, None]
 
 
 def test_the_10x_check_judges_against_the_mean_of_the_baseline_trainings(tmp_path, monkeypatch):
