@@ -104,6 +104,8 @@ def test_bad_flags_exit_2_before_any_run(tmp_path, capsys):
         bench.main(["--methods", "SCANN,MLP", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--scann-weight-decay"):
         bench.main(["--scann-weight-decay", "breast_cancer=-1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--scann-weight-decay"):
+        bench.main(["--scann-weight-decay", "breast_cancer=inf", "--out", str(tmp_path)])
     assert bench._weight_decay("breast_cancer=1e-3,digits=0") == {"breast_cancer": 1e-3, "digits": 0.0}
     assert bench._methods("dr+scann") == ["DR+SCANN"]
     assert not (tmp_path / "scann_runs").exists()
