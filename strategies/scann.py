@@ -234,8 +234,8 @@ class ScannConfig:
                             f"{', '.join(RECOVERY_SCHEDULES)}")
         if self.recovery_lr is not None and not self.recovery_lr > 0:
             raise UserError(f"recovery_lr must be > 0, got {self.recovery_lr}")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise UserError(f"need lr > 0, weight_decay >= 0, 0 <= momentum < 1; got lr={self.lr}, "
+        if not 0 < self.lr < math.inf or not 0 <= self.weight_decay < math.inf or not 0 <= self.momentum < 1:
+            raise UserError(f"need finite lr > 0, finite weight_decay >= 0, 0 <= momentum < 1; got lr={self.lr}, "
                             f"weight_decay={self.weight_decay}, momentum={self.momentum}")
 
     @property

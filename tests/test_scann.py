@@ -391,6 +391,8 @@ def test_scann_weight_decay_applies_to_the_synthesis_only():
     assert both.training()["weight_decay"] == both.scann_config(16).weight_decay == 5e-4
     one_line_user_error(lambda: build_config(ScannTrialConfig, {"dataset": "breast_cancer",
                                                                 "scann_weight_decay": -1.0}), "weight_decay")
+    one_line_user_error(lambda: build_config(ScannTrialConfig, {"dataset": "breast_cancer",
+                                                                "scann_weight_decay": float("inf")}), "weight_decay")
 
 
 def test_epoch_plan_replays_the_epochs_validation_chose(monkeypatch):
