@@ -875,9 +875,9 @@ NOT_METHOD_SETTINGS = {"datasets", "methods", "seeds", "first_seed", "jobs", "ou
 #: A setting missing from an earlier round's file: the value the round ran with (it predates the flag).
 SETTING_BEFORE_FLAG = {"reference_trainings": 1, "scann_weight_decay": ""}
 #: Per-data-set settings (``name=value`` lists) and their parsers: compared for the pooled data sets only.
-PER_DATASET_SETTINGS = {"select_folds": lambda v: _folds(v), "scann_recovery": lambda v: _recovery(v),
+PER_DATASET_SETTINGS = {"select_folds": _folds, "scann_recovery": _recovery,
                         "dr_scann_recovery": lambda v: _recovery(v, "--dr-scann-recovery"),
-                        "dr_scann_epochs": lambda v: _epochs(v), "scann_weight_decay": lambda v: _weight_decay(v)}
+                        "dr_scann_epochs": _epochs, "scann_weight_decay": _weight_decay}
 
 PoolFile = tuple[str, list[dict[str, Any]], dict[str, Any]]
 
@@ -902,10 +902,11 @@ def _same_settings(path: str, settings: dict[str, Any], args, names: set[str]) -
     """An earlier round pools only if it ran the methods as this round does: every setting but
     :data:`NOT_METHOD_SETTINGS` equal (per-data-set lists: for the pooled data sets ``names``); else a
     one-line error naming the first that differs."""
+    defaults = vars(_args([]))
     for key, now in vars(args).items():
         if key in NOT_METHOD_SETTINGS:
             continue
-        then = settings.get(key, SETTING_BEFORE_FLAG.get(key, _args([]).__dict__[key]))
+        then = settings.get(key, SETTING_BEFORE_FLAG.get(key, defaults[key]))
         if key in PER_DATASET_SETTINGS:
             parse = PER_DATASET_SETTINGS[key]
             same = all(parse(then or "").get(n) == parse(now or "").get(n) for n in names)
@@ -962,9 +963,9 @@ def main(argv=None) -> int:
     _recovery(args.dr_scann_recovery, "--dr-scann-recovery")
     _epochs(args.dr_scann_epochs)
     _weight_decay(args.scann_weight_decay)
-    pool = _read_pool(args.pool_with)
+    pool_files = _read_pool(args.pool_with)
     units = plan(names, args)
-    pooled = _pooled_runs(pool, units, args)
+    pooled = _pooled_runs(pool_files, units, args)
     if not args.resume:
         import shutil
 
@@ -1025,7 +1026,7 @@ def main(argv=None) -> int:
         "settings": {k: v for k, v in vars(args).items()},
         "runs": rows,
         "summary": summary.to_dict(orient="records"),
-        "pooled_with": [p for p in args.pool_with.split(",") if p.strip()],
+        "pooled_with": [path for path, _, _ in pool_files],
         "summary_pooled": None if summary_pooled is None else summary_pooled.to_dict(orient="records"),
         "all_targets_met": bool(verdict["target_met"].all()),
         "all_mc_targets_met": bool(verdict["mc_target_met"].all()),
