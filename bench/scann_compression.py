@@ -879,6 +879,10 @@ PER_DATASET_SETTINGS = {"select_folds": _folds, "scann_recovery": _recovery,
                         "dr_scann_recovery": lambda v: _recovery(v, "--dr-scann-recovery"),
                         "dr_scann_epochs": _epochs, "scann_weight_decay": _weight_decay}
 
+#: Settings that reach one method's runs only: compared only when that method's runs are pooled.
+ONE_METHOD_SETTINGS = {"scann_recovery": "SCANN", "scann_weight_decay": "SCANN", "dr_scann_recovery": "DR+SCANN",
+                       "dr_scann_epochs": "DR+SCANN", "dr_methods": "DR+SCANN", "dr_ratios": "DR+SCANN"}
+
 PoolFile = tuple[str, list[dict[str, Any]], dict[str, Any]]
 
 
@@ -898,13 +902,15 @@ def _read_pool(paths: str) -> list[PoolFile]:
     return out
 
 
-def _same_settings(path: str, settings: dict[str, Any], args, names: set[str]) -> None:
-    """An earlier round pools only if it ran the methods as this round does: every setting but
-    :data:`NOT_METHOD_SETTINGS` equal (per-data-set lists: for the pooled data sets ``names``); else a
-    one-line error naming the first that differs."""
+def _same_settings(path: str, settings: dict[str, Any], args, pairs: set[tuple[str, str]]) -> None:
+    """An earlier round pools only if it ran the pooled (data set, method) ``pairs`` as this round
+    does: every setting but :data:`NOT_METHOD_SETTINGS` equal (one method's settings only when that
+    method is pooled, :data:`ONE_METHOD_SETTINGS`; per-data-set lists only for the pooled data sets);
+    else a one-line error naming the first that differs."""
     defaults = vars(_args([]))
+    names, methods = {n for n, _ in pairs}, {m for _, m in pairs}
     for key, now in vars(args).items():
-        if key in NOT_METHOD_SETTINGS:
+        if key in NOT_METHOD_SETTINGS or (key in ONE_METHOD_SETTINGS and ONE_METHOD_SETTINGS[key] not in methods):
             continue
         then = settings.get(key, SETTING_BEFORE_FLAG.get(key, defaults[key]))
         if key in PER_DATASET_SETTINGS:
@@ -928,7 +934,7 @@ def _pooled_runs(pool: list[PoolFile], units: list[tuple[str, int]], args) -> pd
     mine = {(n, m, seed) for n, seed in units for m in methods if not (n == "mnist5k" and m != "SCANN")}
     pairs = {(n, m) for n, m, _ in mine}
     for path, runs, settings in pool:
-        _same_settings(path, settings, args, {n for n, _ in pairs})
+        _same_settings(path, settings, args, pairs)
         got = [{**r, "round": path} for r in runs if (r["dataset"], r["method"]) in pairs]
         if not got:
             raise SystemExit(f"error: --pool-with {path}: no runs of this round's (data set, method) pairs")

@@ -249,3 +249,20 @@ def test_pool_with_joins_earlier_rounds_runs_in_the_verdict(tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="--pool-with .*missing.json"):
         bench.main(common + ["--out", str(tmp_path / "r4"), "--pool-with", str(tmp_path / "missing.json")])
     assert not (tmp_path / "r4" / "scann_runs").exists()
+
+
+def test_pool_with_compares_one_methods_settings_only_when_that_method_is_pooled():
+    """Round 8's stored file (weight decay 1e-4 everywhere) pools with a breast_cancer DR+SCANN round
+    at today's defaults -- SCANN_WEIGHT_DECAY reaches SCANN runs only -- but not with a SCANN one."""
+    from pathlib import Path
+
+    path = str(Path(bench.__file__).parent / "results" / "scann_round8.json")
+    (_, runs, settings), = bench._read_pool(path)
+    args = bench._args(["--datasets", "breast_cancer", "--first-seed", "2000"])
+    bench._same_settings(path, settings, args, {("breast_cancer", "DR+SCANN")})
+    with pytest.raises(SystemExit, match="scann_weight_decay=''"):
+        bench._same_settings(path, settings, args, {("breast_cancer", "SCANN"), ("breast_cancer", "DR+SCANN")})
+    units = bench.plan(["breast_cancer"], args)
+    pooled = bench._pooled_runs([(path, runs, settings)], units, bench._args(["--methods", "DR+SCANN",
+                                                                               "--first-seed", "2000"]))
+    assert len(pooled) == 9 and set(pooled["method"]) == {"DR+SCANN"}
