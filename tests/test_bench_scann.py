@@ -144,11 +144,14 @@ def test_each_method_gets_its_own_recovery_schedule_and_dr_scann_reuses_the_base
     bench.run_dataset("digits", 7, bench._args(["--dr-scann-epochs", "", "--epochs-per-op", "30", "--reference-trainings",
                                                 "1"]), tmp_path / "c")
     assert [c["epochs_per_op"] for c in seen] == [30, 30]
-    seen.clear()  # the defaults: breast_cancer SCANN anneals (round 3), digits DR+SCANN anneals and keeps the last epoch
+    seen.clear()  # the defaults: breast_cancer anneals (SCANN round 3, DR+SCANN round 11), digits DR+SCANN
+    # anneals and keeps the last epoch (round 5)
     bench.run_dataset("digits", 7, bench._args(["--reference-trainings", "1"]), tmp_path / "b")
     bench.run_dataset("breast_cancer", 7, bench._args(["--reference-trainings", "1"]), tmp_path / "b")
     assert [(c["recovery_schedule"], c["checkpoint_epochs"]) for c in seen] == [
-        ("constant", True), ("cosine", False), ("cosine", True), ("constant", True)]
+        ("constant", True), ("cosine", False), ("cosine", True), ("cosine", True)]
+    # DR_SELECT (round 11): breast_cancer's DR+SCANN runs start from the most compressed DR model that holds
+    assert [c.get("dr_select") for c in seen] == [None, "best", None, "most_compressed"]
     # SCANN_WEIGHT_DECAY (round 10): breast_cancer's SCANN runs only
     assert [c.get("scann_weight_decay") for c in seen] == [None, None, 1e-3, None]
     seen.clear()  # --scann-weight-decay reaches the SCANN runs of its data sets only
@@ -156,6 +159,16 @@ def test_each_method_gets_its_own_recovery_schedule_and_dr_scann_reuses_the_base
     bench.run_dataset("digits", 7, wd, tmp_path / "d")
     bench.run_dataset("breast_cancer", 7, wd, tmp_path / "d")
     assert [c.get("scann_weight_decay") for c in seen] == [5e-4, None, None, None]
+    seen.clear()  # --dr-select reaches the DR+SCANN runs of its data sets only; '' is Algorithm 1's best everywhere
+    for spec in ("digits=most_compressed", ""):
+        for name in ("digits", "breast_cancer"):
+            bench.run_dataset(name, 7, bench._args(["--dr-select", spec, "--reference-trainings", "1"]),
+                              tmp_path / f"e{len(spec)}")
+    assert [c.get("dr_select") for c in seen] == [None, "most_compressed", None, "best", None, "best", None, "best"]
+    for bad in ("breast_cancer=smallest", "mnist5k=best", "breast_cancer"):
+        with pytest.raises(SystemExit, match="--dr-select wants tabular name=best|most_compressed"):
+            bench.main(["--dr-select", bad, "--out", str(tmp_path / "f")])
+    assert not (tmp_path / "f" / "scann_runs").exists()
 
 
 def test_the_10x_check_judges_against_the_mean_of_the_baseline_trainings(tmp_path, monkeypatch):
@@ -253,16 +266,24 @@ def test_pool_with_joins_earlier_rounds_runs_in_the_verdict(tmp_path, monkeypatc
 
 def test_pool_with_compares_one_methods_settings_only_when_that_method_is_pooled():
     """Round 8's stored file (weight decay 1e-4 everywhere) pools with a breast_cancer DR+SCANN round
-    at today's defaults -- SCANN_WEIGHT_DECAY reaches SCANN runs only -- but not with a SCANN one."""
+    at its DR+SCANN settings -- SCANN_WEIGHT_DECAY reaches SCANN runs only -- but not with a SCANN
+    one; settings newer than the file (dr_select, round 11) count with the value it ran with."""
     from pathlib import Path
 
     path = str(Path(bench.__file__).parent / "results" / "scann_round8.json")
     (_, runs, settings), = bench._read_pool(path)
-    args = bench._args(["--datasets", "breast_cancer", "--first-seed", "2000"])
+    round8_dr = ["--dr-scann-recovery", "digits=cosine-last", "--dr-select", ""]
+    args = bench._args(["--datasets", "breast_cancer", "--first-seed", "2000", *round8_dr])
     bench._same_settings(path, settings, args, {("breast_cancer", "DR+SCANN")})
     with pytest.raises(SystemExit, match="scann_weight_decay=''"):
         bench._same_settings(path, settings, args, {("breast_cancer", "SCANN"), ("breast_cancer", "DR+SCANN")})
     units = bench.plan(["breast_cancer"], args)
     pooled = bench._pooled_runs([(path, runs, settings)], units, bench._args(["--methods", "DR+SCANN",
-                                                                               "--first-seed", "2000"]))
+                                                                               "--first-seed", "2000", *round8_dr]))
     assert len(pooled) == 9 and set(pooled["method"]) == {"DR+SCANN"}
+    # today's breast_cancer DR+SCANN settings (round 11) are not round 8's: it does not pool
+    with pytest.raises(SystemExit, match="dr_scann_recovery='digits=cosine-last'"):
+        bench._same_settings(path, settings, bench._args([]), {("breast_cancer", "DR+SCANN")})
+    with pytest.raises(SystemExit, match="dr_select=''"):
+        bench._same_settings(path, settings, bench._args(["--dr-scann-recovery", "digits=cosine-last"]),
+                             {("breast_cancer", "DR+SCANN")})

@@ -168,6 +168,34 @@ def test_algorithm1_terminates_poor_methods_and_stops_at_accuracy_drops(cancer):
     assert len(res.records) == 12
 
 
+def test_algorithm1_most_compressed_takes_the_best_methods_smallest_ratio_within_tolerance(cancer):
+    """``select="most_compressed"``: the paper's DR (M.C.) model -- the method of the best validation
+    DR model (Table VI's note: the same method, maybe another ratio), at its smallest ratio within
+    ``tolerance`` of the reference; no model of that method holds it: the best one."""
+    acc = {("pca", 0.75): 0.970, ("pca", 0.5): 0.965, ("pca", 0.25): 0.962, ("pca", 0.1): 0.955,
+           ("rp_gaussian", 0.75): 0.960, ("rp_gaussian", 0.5): 0.962, ("rp_gaussian", 0.25): 0.966,
+           ("rp_gaussian", 0.1): 0.966}
+
+    def search(select, reference, tolerance=0.005):
+        return dr_search(cancer.X_train, cancer.X_val, cancer.X_test, methods=["pca", "rp_gaussian"],
+                         evaluate=lambda d: DREval(acc[(d.method, d.ratio)], payload=(d.method, d.ratio)),
+                         ratios=[0.75, 0.5, 0.25, 0.1], reference_acc=reference, select=select,
+                         tolerance=tolerance)
+
+    best = search("best", 0.966)
+    assert (best.best.method, best.best.ratio) == ("pca", 0.75) == (best.highest.method, best.highest.ratio)
+    mc = search("most_compressed", 0.966)  # floor 0.961: pca 0.25 holds, pca 0.1 does not
+    assert (mc.best.method, mc.best.ratio) == ("pca", 0.25) and mc.payload == ("pca", 0.25)
+    assert mc.data.method == "pca" and mc.data.n_components == 8  # its own reduced data, 0.25 x 30
+    assert (mc.highest.method, mc.highest.ratio) == ("pca", 0.75)  # rp_gaussian 0.1 holds too: another method
+    assert [(r.method, r.ratio, r.status) for r in mc.records] == [(r.method, r.ratio, r.status) for r in best.records]
+    assert search("most_compressed", 0.966, tolerance=0.02).best.ratio == 0.1
+    assert search("most_compressed", 0.99).best.ratio == 0.75  # none holds: the best
+    assert search("most_compressed", None).best.ratio == 0.5  # no reference: the best DR model's 0.970
+    one_line_user_error(lambda: search("smallest", 0.966), "dr_select must be one of")
+    one_line_user_error(lambda: search("most_compressed", 0.966, tolerance=-0.1), "tolerance")
+
+
 def test_dr_scann_trial_end_to_end(tmp_path, cancer):
     nni_bridge._reset_for_tests()
     cfg = build_config(ScannTrialConfig, dict(dataset="breast_cancer", dr_method="search", dr_methods=["pca", "rp_li"],

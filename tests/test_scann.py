@@ -630,6 +630,31 @@ def test_algorithm1_is_scored_on_the_pooled_accuracy_with_select_folds(tmp_path,
     assert "split_val_acc" not in pd.read_csv(tmp_path / "plain" / "dr.csv")
 
 
+def test_dr_select_most_compressed_starts_scann_from_the_smallest_dr_model_that_holds(tmp_path):
+    """``dr_select=most_compressed``: Algorithm 1's best method at its smallest ratio within
+    ``tolerance`` of the baseline (the paper's DR (M.C.)); the summary also names Algorithm 1's own
+    best model.  Only Algorithm 1 has a choice to make: with a fixed DR method it is refused."""
+    import pandas as pd
+
+    nni_bridge._reset_for_tests()
+    cfg = tiny(dr_method="search", dr_methods=["pca", "fa"], dr_ratios=[0.5, 0.25], dr_select="most_compressed",
+               tolerance=1.0)  # every DR model holds: the smallest ratio of the best method
+    summary = execute("scann", cfg, scann_run, tmp_path / "run")
+    dr = pd.read_csv(tmp_path / "run" / "dr.csv")
+    top = dr.sort_values(["val_acc", "dr_ratio"], ascending=[False, True]).iloc[0]
+    assert (summary["dr_highest_method"], summary["dr_highest_ratio"]) == (top["dr_method"], top["dr_ratio"])
+    assert (summary["dr_method"], summary["dr_ratio"], summary["dr_select"]) == (top["dr_method"], 0.25,
+                                                                                 "most_compressed")
+    assert summary["dr_n_components"] == 8 and summary["dr_neurons"] == 4  # 0.25 x 30 features, 0.25 x 16
+    mine = dr[(dr["dr_method"] == top["dr_method"]) & (dr["dr_ratio"] == 0.25)].iloc[0]
+    assert summary["dr_val_acc"] == pytest.approx(mine["val_acc"])
+    nni_bridge._reset_for_tests()
+    plain = execute("scann", tiny(dr_method="pca", dr_ratio=0.5), scann_run, tmp_path / "plain")
+    assert (plain["dr_select"], plain["dr_highest_method"], plain["dr_highest_ratio"]) == ("fixed", "pca", 0.5)
+    one_line_user_error(lambda: tiny(dr_method="pca", dr_select="most_compressed"), "applies to dr_method=search")
+    one_line_user_error(lambda: tiny(dr_method="search", dr_select="smallest"), "dr_select must be one of")
+
+
 @pytest.mark.parametrize("dr_method", ["none", "pca"])
 def test_cv_fold_scores_on_data_that_chose_nothing(monkeypatch, dr_method):
     """A fold's held-out chunk is disjoint from the data every network trains on, chooses no epoch

@@ -3,8 +3,10 @@
 Paper: ``../shared/seeds/002_d08e71b4be716ba4.txt``.  Tabular data (Sec. 4.2): range-normalise
 (fit on the training split), train the fully connected baseline (the best-validation MLP of
 :data:`BASELINE_GRID`, or ``baseline_hidden``), optionally reduce the features (``dr_method``: one
-method at ``dr_ratio``, or ``search`` = Algorithm 1 over ``dr_methods`` x ``dr_ratios``) and train
-the DR model (every hidden layer shrunk by the ratio), then run SCANN (Algorithm 2) on the
+method at ``dr_ratio``, or ``search`` = Algorithm 1 over ``dr_methods`` x ``dr_ratios``; ``dr_select``:
+``best`` -- its best validation DR model, the paper's DR (H.A.) -- or ``most_compressed`` -- that
+method's smallest ratio within ``tolerance`` of the baseline's validation accuracy, the paper's DR
+(M.C.); :func:`strategies.dimred.dr_search`) and train the DR model (every hidden layer shrunk by the ratio), then run SCANN (Algorithm 2) on the
 (reduced) data.  Image data (Sec. 4.1; ``mnist5k`` embedded or ``mnist`` from ``data_dir``):
 train LeNet-5 (Caffe) with SGD lr 0.03 / momentum 0.9 / wd 1e-4, freeze its convolutional part
 as a feature extractor and synthesise the fully connected part with SCANN.  ``optimizer``, ``lr``,
@@ -82,6 +84,7 @@ from search_spaces.errors import UserError
 from search_spaces.feedforward import FeedForwardNet
 from strategies.dimred import (
     DR_METHODS,
+    DR_SELECTS,
     INDUCTIVE_METHODS,
     DREval,
     RangeNormalizer,
@@ -140,6 +143,7 @@ class ScannTrialConfig(CommonConfig):
     dr_ratio: float = 0.5
     dr_methods: tuple[str, ...] = ()
     dr_ratios: tuple[float, ...] = (0.75, 0.5, 0.25)
+    dr_select: str = "best"
     allow_transductive: bool = False
     # baseline
     baseline_hidden: tuple[int, ...] = ()
@@ -186,6 +190,11 @@ class ScannTrialConfig(CommonConfig):
             check_ratio(r, "dr_ratios")
         if not self.dr_ratios:
             raise UserError("dr_ratios needs at least one ratio")
+        if self.dr_select not in DR_SELECTS:
+            raise UserError(f"dr_select must be one of {', '.join(DR_SELECTS)}, got {self.dr_select!r}")
+        if self.dr_select != "best" and self.dr_method != "search":
+            raise UserError(f"dr_select={self.dr_select} applies to dr_method=search (Algorithm 1) only, "
+                            f"not dr_method={self.dr_method}")
         if self.dr_method not in ("none", "search") and self.dr_method not in DR_METHODS:
             raise UserError(f"unknown dr_method {self.dr_method!r}; valid: none, search, {', '.join(DR_METHODS)}")
         for m in self.dr_methods:
@@ -352,21 +361,26 @@ def _prepare_tabular(cfg: ScannTrialConfig, ctx: RunContext, device: torch.devic
                                                      cache=fold_nets)[2] for j, p in enumerate(parts)])
         result = dr_search(splits.X_train, splits.X_val, splits.X_test, evaluate=evaluate, methods=methods,
                            ratios=cfg.dr_ratios, seed=cfg.seed, allow_transductive=cfg.allow_transductive,
-                           reference_acc=reference, blas_threads=cfg.threads or 1,
+                           reference_acc=reference, select=cfg.dr_select, tolerance=cfg.tolerance,
+                           blas_threads=cfg.threads or 1,
                            on_record=lambda c: ctx.run.append("dr", c.as_row()))
         reduced, (dr_net, dr_fig, shrunk, data) = result.data, result.payload
+        highest = (result.highest.method, result.highest.ratio)
     else:
         reduced = reduce_dataset(splits.X_train, splits.X_val, splits.X_test, method=cfg.dr_method,
                                  ratio=cfg.dr_ratio, seed=cfg.seed, allow_transductive=cfg.allow_transductive,
                                  blas_threads=cfg.threads or 1)
         ev = evaluate(reduced)
         dr_net, dr_fig, shrunk, data = ev.payload
+        highest = (reduced.method, reduced.ratio)
         ctx.run.append("dr", {"dr_method": reduced.method, "dr_ratio": reduced.ratio,
                               "n_components": reduced.n_components, "val_acc": ev.val_acc,
                               "test_acc": ev.test_acc, "status": "ok"})
     dr = {**dr_fig, "method": reduced.method, "ratio": reduced.ratio, "n_components": reduced.n_components,
           "hidden": list(shrunk), "transductive": reduced.transductive,
-          "selection": "pooled" if pooled_dr else "validation"}
+          "selection": "pooled" if pooled_dr else "validation",
+          "select": cfg.dr_select if cfg.dr_method == "search" else "fixed",
+          "highest_method": highest[0], "highest_ratio": highest[1]}
     ctx.run.append("metrics", _mlp_row("dr", 0, dr_fig, hidden=_fmt_hidden(shrunk), dr_method=reduced.method,
                                        dr_ratio=reduced.ratio))
     keep = (_fold_key(hidden, base_fig["epochs"]), _fold_key(shrunk, dr_fig["epochs"], dr))
@@ -766,6 +780,11 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "scheme": scfg.scheme,
         "dr_method": dr["method"] if dr is not None else "none",
         "dr_selection": dr.get("selection", "validation") if dr is not None else "none",
+        # Algorithm 1's choice (dr_select: best | most_compressed; a fixed method: fixed) and its
+        # best validation DR model, which dr_select=best takes
+        "dr_select": dr["select"] if dr is not None else "none",
+        "dr_highest_method": dr["highest_method"] if dr is not None else "none",
+        "dr_highest_ratio": dr["highest_ratio"] if dr is not None else 1.0,
         "select": cfg.select,
         "mode": prep["mode"],
         "transductive": int(bool(dr and dr.get("transductive"))),
