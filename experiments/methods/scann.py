@@ -6,13 +6,13 @@ Paper: ``../shared/seeds/002_d08e71b4be716ba4.txt``.  Tabular data (Sec. 4.2): r
 method at ``dr_ratio``, or ``search`` = Algorithm 1 over ``dr_methods`` x ``dr_ratios``; ``dr_select``:
 ``best`` -- its best validation DR model, the paper's DR (H.A.) -- or ``most_compressed`` -- that
 method's smallest ratio within ``tolerance`` of the baseline's validation accuracy, the paper's DR
-(M.C.); :func:`strategies.dimred.dr_search`) and train the DR model (every hidden layer shrunk by the ratio), then run SCANN (Algorithm 2) on the
-(reduced) data.  Image data (Sec. 4.1; ``mnist5k`` embedded or ``mnist`` from ``data_dir``):
-train LeNet-5 (Caffe) with SGD lr 0.03 / momentum 0.9 / wd 1e-4, freeze its convolutional part
-as a feature extractor and synthesise the fully connected part with SCANN.  ``optimizer``, ``lr``,
-``momentum`` and ``weight_decay`` override both the baseline's and the synthesis's training;
-``scann_weight_decay`` the synthesis's weight decay alone (the baseline, the DR models and the SCANN
-benchmark's reference trainings keep ``weight_decay``).
+(M.C.); :func:`strategies.dimred.dr_search`) and train the DR model (every hidden layer shrunk by
+the ratio), then run SCANN (Algorithm 2) on the (reduced) data.  Image data (Sec. 4.1; ``mnist5k``
+embedded or ``mnist`` from ``data_dir``): train LeNet-5 (Caffe) with SGD lr 0.03 / momentum 0.9 /
+wd 1e-4, freeze its convolutional part as a feature extractor and synthesise the fully connected
+part with SCANN.  ``optimizer``, ``lr``, ``momentum`` and ``weight_decay`` override both the
+baseline's and the synthesis's training; ``scann_weight_decay`` the synthesis's weight decay alone
+(the baseline, the DR models and the SCANN benchmark's reference trainings keep ``weight_decay``).
 
 Run folder: ``metrics.csv`` (phase ``baseline`` / ``dr`` rows, then one ``scann`` row per
 iteration, reported to NNI), ``structure.csv`` (architecture state per iteration: neurons,
