@@ -354,10 +354,10 @@ protocol with other seeds):
     or 0.75 on 15 of the 45 splits).  The M.C. choice takes ratio 0.25 on 40 of the 45 splits: +0.06
     points at 10x (standard error 0.13).  Cosine recovery from the 0.25 DR model (45 runs): +0.06 at
     10x (standard error 0.04), +0.16 at 15x, +0.16 at 20x; both together about +0.1 (cosine from the
-    0.25 DR model on all 45 splits: -0.33).  Disclosed before the run: rounds 8-9's pooled -0.64 plus that gain is about
-    -0.5, the target's edge.  Studied and not adopted: counting the DR model itself (11.8x at ratio
-    0.25) among the synthesis's sizes (+0.10 at 10x on the 45 splits), which would change what every
-    SCANN run outputs.  This round's result replaces breast_cancer DR+SCANN's verdict (new settings on
+    0.25 DR model on all 45 splits: -0.33).  Disclosed before the run: rounds 8-9's pooled -0.64 plus
+    that gain is about -0.5, the target's edge.  Studied and not adopted: counting the DR model itself
+    (11.8x at ratio 0.25) among the synthesis's sizes (+0.10 at 10x on the 45 splits), which would
+    change what every SCANN run outputs.  This round's result replaces breast_cancer DR+SCANN's verdict (new settings on
     fresh splits; it cannot pool with rounds 8-9).
 
     Result (commit ea41cd8, 24 min, 44 min of trial time): **breast_cancer DR+SCANN met** at the target
