@@ -643,6 +643,7 @@ def test_dr_select_most_compressed_starts_scann_from_the_smallest_dr_model_that_
     dr = pd.read_csv(tmp_path / "run" / "dr.csv")
     top = dr.sort_values(["val_acc", "dr_ratio"], ascending=[False, True]).iloc[0]
     assert (summary["dr_highest_method"], summary["dr_highest_ratio"]) == (top["dr_method"], top["dr_ratio"])
+    assert top["dr_ratio"] == 0.5  # Algorithm 1's own pick is the milder ratio here, so the choice shows
     assert (summary["dr_method"], summary["dr_ratio"], summary["dr_select"]) == (top["dr_method"], 0.25,
                                                                                  "most_compressed")
     assert summary["dr_n_components"] == 8 and summary["dr_neurons"] == 4  # 0.25 x 30 features, 0.25 x 16
