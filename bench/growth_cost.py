@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 
 from experiments.data import load_image_dataset, make_loaders
-from experiments.harness import seed_everything
+from strategies.training import seed_everything
 from search_spaces import cost as costmodel
 from search_spaces.growth_spaces import GrowableNet, build_compact, full_arch, make_layout
 from strategies.growth import GrowthConfig, GrowthSearch, step_lr_factor

@@ -9,22 +9,20 @@ writes ``summary.json`` / reports the final metric.  Methods checkpoint through
 from __future__ import annotations
 
 import os
-import random
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from search_spaces.errors import TrialFailed, UserError
+from strategies.training import TrainingPhase, progress, seed_everything
 
 from . import nni_bridge
 from .config import config_to_dict
 from .runfolder import RunFolder, atomic_write_text, environment_info
 
-__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "per_sample_train_flops", "reseed_loader",
-           "resolve_device", "seed_everything", "pick", "rng_state", "set_rng_state"]
+__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "per_sample_train_flops", "resolve_device", "pick"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,8 +75,8 @@ def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when available, else the CPU.  On CUDA the run asks for deterministic kernels
     (cuDNN's deterministic algorithms, cuBLAS' fixed workspace, torch's deterministic mode with a
     warning where an op has no deterministic version, e.g. AdaptiveAvgPool2d's backward): a resumed
-    run must reproduce the run it continues.  Four resume tests failed on an H100 before this and the
-    CUDA RNG states in :func:`rng_state` were added; not re-checked on a GPU since."""
+    run must reproduce the run it continues (checkpoints also hold the CUDA RNG states,
+    :func:`strategies.training.rng_state`)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -94,13 +92,6 @@ def _deterministic_cuda() -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def reseed_loader(loader, seed: int, epoch: int, *, phase: int = 0) -> None:
-    """Reshuffle deterministically per (seed, phase, epoch), so a resumed run sees the same batches."""
-    gen = getattr(loader, "generator", None)
-    if gen is not None:
-        gen.manual_seed(seed * 100003 + phase * 50000 + epoch)
 
 
 def per_sample_train_flops(model: torch.nn.Module, loader, device) -> int:
@@ -120,36 +111,31 @@ def pick(cls: type, cfg: Any):
     return cls(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Global RNG states (data augmentation draws from them; on a GPU, dropout and every random op on
-    CUDA tensors draw from the CUDA generators), for checkpoints."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
-
-
 @dataclass
 class RunContext:
+    """A trial's run folder as the host of its training phases (:class:`strategies.training.PhaseHost`):
+    ``state`` is the checkpoint (``resumed`` holds what was found on start), ``checkpoint()`` saves
+    it with the tables, ``report(row)`` appends a metrics row and reports it to NNI."""
+
     method: str
     run: RunFolder
     resumed: dict[str, Any] | None
     started: float
+    progress: bool = True
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.state = dict(self.resumed or {})
+
+    def checkpoint(self) -> None:
+        self.run.save_checkpoint(self.state)
+
+    def report(self, row: dict[str, Any]) -> None:
+        self.report_epoch(row)
+
+    def phase(self, name: str, epochs: int, **kw: Any) -> TrainingPhase:
+        """A resumable training phase of this run (see :class:`strategies.training.TrainingPhase`)."""
+        return TrainingPhase(self, name, epochs, **kw)
 
     def report_epoch(self, row: dict[str, Any], *, key: str = "val_acc") -> None:
         """Append a metrics row and report its ``key`` as the NNI intermediate result."""
@@ -160,9 +146,7 @@ class RunContext:
             nni_bridge.report_intermediate({"default": float(value), **extra})
 
     def bar(self, total: int, desc: str, enabled: bool = True):
-        from strategies.training import progress
-
-        return progress(total, desc, enabled=enabled)
+        return progress(total, desc, enabled=enabled and self.progress)
 
 
 def _config_blob(method: str, cfg: Any) -> dict[str, Any]:
@@ -189,7 +173,7 @@ def execute(method: str, cfg: CommonConfig, run_fn: Callable[[Any, RunContext], 
     seed_everything(cfg.seed)
     nni_bridge.start_run()
     resumed = run.load_checkpoint()
-    ctx = RunContext(method=method, run=run, resumed=resumed, started=time.time())
+    ctx = RunContext(method=method, run=run, resumed=resumed, started=time.time(), progress=cfg.progress)
     try:
         (run.path / "error.txt").unlink(missing_ok=True)
         summary = run_fn(cfg, ctx)

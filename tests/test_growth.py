@@ -293,7 +293,7 @@ def test_resume_after_interruption_restores_structures_and_optimizer(tmp_path, m
     monkeypatch.setattr(GrowthSearch, "run_epoch", dying)
     with pytest.raises(KeyboardInterrupt):
         execute("growth", _cfg(), run, tmp_path / "r")
-    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["state"]["search"]
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["state"]["phases"]["grow"]["state"]["search"]
     assert ckpt["epoch"] == 2
 
     seen = {}

@@ -11,6 +11,7 @@ from experiments import trial
 from experiments.methods import survey as survey_mod
 from search_spaces import cost as costmodel
 from search_spaces.growth_spaces import build_compact, full_arch, make_layout
+from strategies import training as training_mod
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--limit", "160", "--image_size", "8", "--family", "resnet20",
@@ -95,7 +96,7 @@ def test_growth_row_reaches_the_flops_budget(tmp_path):
 
 def test_interrupted_baseline_resumes_to_the_same_result(baseline_run, tmp_path, monkeypatch):
     d = tmp_path / "run"
-    original = survey_mod.train_epoch
+    original = training_mod.train_epoch
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -104,7 +105,7 @@ def test_interrupted_baseline_resumes_to_the_same_result(baseline_run, tmp_path,
             raise KeyboardInterrupt("killed")
         return original(*a, **k)
 
-    monkeypatch.setattr(survey_mod, "train_epoch", flaky)
+    monkeypatch.setattr(training_mod, "train_epoch", flaky)
     with pytest.raises(KeyboardInterrupt):
         trial.main(["survey", *TINY, "--variant", "baseline", "--run-dir", str(d)])
     assert (d / "checkpoint.pt").exists() and not (d / "summary.json").exists()

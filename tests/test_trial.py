@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_without_gaps_or_duplicates(where, reference_run
                 raise KeyboardInterrupt("killed")
             return original(*a, **k)
 
-        monkeypatch.setattr("experiments.methods.proxyless.train_epoch", flaky)
+        monkeypatch.setattr(training_mod, "train_epoch", flaky)
     with pytest.raises(KeyboardInterrupt):
         trial.main(["proxyless", *TINY, "--run-dir", str(d)])
     assert (d / "checkpoint.pt").exists() and not (d / "summary.json").exists()
@@ -146,21 +146,19 @@ def test_nan_loss_fails_the_trial_and_keeps_the_folder_readable(tmp_path, capsys
 
 def test_checkpointed_rng_state_holds_the_cuda_generators(monkeypatch):
     """On a GPU, dropout and random ops on CUDA tensors draw from the CUDA generators: a checkpoint
-    must hold them, or a resumed run differs from the run it continues (seen on an H100)."""
-    from experiments import harness
-
+    must hold them, or a resumed run differs from the run it continues."""
     saved = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((s, i)))
-    state = harness.rng_state()
+    state = training_mod.rng_state()
     assert state["cuda"] is saved
     before = torch.rand(3)
-    harness.set_rng_state(state)
+    training_mod.set_rng_state(state)
     assert torch.equal(torch.rand(3), before) and restored == [(saved[0], 0)]
-    harness.set_rng_state({k: v for k, v in state.items() if k != "cuda"})  # a CPU run's checkpoint
+    training_mod.set_rng_state({k: v for k, v in state.items() if k != "cuda"})  # a CPU run's checkpoint
 
 
 def test_cpu_runs_leave_the_deterministic_mode_alone():

@@ -26,7 +26,6 @@ import fcntl
 import io
 import math
 import random
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,10 @@ import torch.nn as nn
 from search_spaces.epnas import SpaceConfig, arch_cost, arch_from_json, build_network, random_arch, validate_arch
 from search_spaces.errors import UserError
 from strategies.epnas import RewardConfig, constrained_reward, constraints_of, copy_sliced, merge_entries
-from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
+from strategies.training import cosine_schedule, fit_epoch, sgd_nesterov
 
 from ..data import make_loaders
-from ..harness import CommonConfig, RunContext, load_images, resolve_device, rng_state, set_rng_state
+from ..harness import CommonConfig, RunContext, load_images, resolve_device
 from ..runfolder import atomic_torch_save, atomic_write_bytes
 
 __all__ = ["EpnasTrialConfig", "SharedWeights", "space_config", "run"]
@@ -183,41 +182,25 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
     model = build_network(arch, space, input_shape=splits.input_shape, num_classes=splits.num_classes)
     cost = arch_cost(arch, space, splits.input_shape, splits.num_classes)
     lr = cfg.lr * cfg.batch_size / cfg.batch_ref  # keep LR / batch size constant (Smith et al. 2018)
-    state = ctx.resumed or {}
     store = SharedWeights(_share_path(cfg, ctx)) if cfg.share else None
-    shared_loaded = state.get("shared_loaded", 0)
-    if store is not None and not state:
-        shared_loaded = store.load_into(model)
+    if "shared_loaded" not in ctx.state:
+        ctx.state["shared_loaded"] = store.load_into(model) if store is not None else 0
     model.to(device)
     opt = sgd_nesterov(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                        nesterov=cfg.nesterov)
     sched = cosine_schedule(opt, cfg.epochs * len(train_loader))
-    start, elapsed = 0, 0.0
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start, elapsed = state["epochs_done"], state["time_s"]
-        set_rng_state(state["rng"])
     ctx.run.write_json("arch.json", {"arch": arch, "space": cfg.space, "space_config": vars(space)})
-    val_acc = state.get("val_acc", 0.0)
-    with ctx.bar(cfg.stop_epoch * len(train_loader), f"epnas trial {cfg.trial}", cfg.progress) as bar:
-        bar.update(start * len(train_loader))
-        for epoch in range(start, cfg.stop_epoch):
-            gen = getattr(train_loader, "generator", None)
-            if gen is not None:
-                gen.manual_seed(cfg.seed * 100003 + epoch)
-            t0 = time.time()
-            tr = train_epoch(model, train_loader, opt, scheduler=sched, device=device, where=f"epoch {epoch}", bar=bar)
-            val = evaluate(model, val_loader, device)
-            elapsed += time.time() - t0
-            val_acc = val.acc
-            ctx.report_epoch({"phase": "proxy", "epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
-                              "val_loss": val.loss, "val_acc": val.acc, "lr": opt.param_groups[0]["lr"],
-                              "params": cost.params, "flops": cost.flops, "time_s": elapsed})
-            ctx.run.save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                     "epochs_done": epoch + 1, "time_s": elapsed, "val_acc": val_acc,
-                                     "shared_loaded": shared_loaded, "rng": rng_state()})
+
+    def proxy_epoch(epoch: int, bar) -> dict[str, Any]:
+        _, val, row = fit_epoch(model, train_loader, val_loader, opt, scheduler=sched, device=device,
+                                where=f"epoch {epoch}", bar=bar)
+        ctx.state["val_acc"] = val.acc
+        return {**row, "params": cost.params, "flops": cost.flops}
+
+    # the cosine schedule spans ``epochs``; training stops early after ``stop_epoch`` (prediction)
+    proxy = ctx.phase("proxy", cfg.stop_epoch, seed=cfg.seed, loader=train_loader, desc=f"epnas trial {cfg.trial}")
+    proxy.run(proxy_epoch, state={"model": model, "opt": opt, "sched": sched})
+    val_acc, shared_loaded = ctx.state.get("val_acc", 0.0), ctx.state["shared_loaded"]
     usage = {"params": cost.params, "flops": cost.flops, "intensity": cost.intensity}
     reward = constrained_reward(val_acc, usage, constraints_of(cfg), cfg.base_penalty)
     model.cpu()
@@ -245,6 +228,6 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "shared_loaded": shared_loaded,
         "shared_written": shared_written,
         "epochs_trained": cfg.stop_epoch,
-        "train_time_s": elapsed,
+        "train_time_s": proxy.time_s,
         "arch": arch,
     }

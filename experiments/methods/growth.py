@@ -15,7 +15,6 @@ epoch and structure: active, s, temperature, counter, sampling probability), ``a
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +27,7 @@ from strategies.growth import GrowthConfig, GrowthSearch
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
-from ..harness import (CommonConfig, RunContext, load_images, per_sample_train_flops, pick, reseed_loader,
-                       resolve_device, rng_state, set_rng_state)
+from ..harness import CommonConfig, RunContext, load_images, per_sample_train_flops, pick, resolve_device
 from ..runfolder import atomic_torch_save
 
 __all__ = ["GrowthTrialConfig", "run"]
@@ -78,39 +76,32 @@ def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
     layout = layout_for(cfg, splits)   # bad layouts fail before any data is touched by training
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
     device = resolve_device(cfg.device)
-    state = ctx.resumed or {}
-    times = state.get("times", {"grow": 0.0, "finetune": 0.0})
-    totals = state.get("totals", {"train_flops": 0, "full_train_flops": 0})
+    totals = ctx.state.setdefault("totals", {"train_flops": 0, "full_train_flops": 0})
 
     torch.manual_seed(cfg.seed)
     net = GrowableNet(layout, mask_init=cfg.mask_init, mask_spread=cfg.mask_spread)
     search = GrowthSearch(net, pick(GrowthConfig, cfg), input_shape=splits.input_shape,
                           steps_per_epoch=len(train_loader), seed=cfg.seed, device=device)
-    if state.get("search") is not None:
-        search.load_state_dict(state["search"])
-        set_rng_state(state["rng"])
+
+    # ---- grow ---------------------------------------------------------------------------
+    grow = ctx.phase("grow", cfg.epochs, seed=cfg.seed, loader=train_loader,
+                     desc=f"grow {cfg.family} budget={cfg.budget}")
+    grow.restore({"search": search})
     if search.epoch == 0 and cfg.record_structures and not ctx.run.rows("structure"):
         ctx.run.append("structure", search.structure_rows(0), flush=False)
 
-    # ---- grow ---------------------------------------------------------------------------
-    with ctx.bar(cfg.epochs * len(train_loader), f"grow {cfg.family} budget={cfg.budget}", cfg.progress) as bar:
-        bar.update(search.epoch * len(train_loader))
-        while search.epoch < cfg.epochs:
-            epoch = search.epoch
-            reseed_loader(train_loader, cfg.seed, epoch)
-            t0 = time.time()
-            row = search.run_epoch(train_loader, bar=bar)
-            times["grow"] += time.time() - t0
-            val = evaluate(search.net, val_loader, device)
-            totals["train_flops"] += row["train_flops"]
-            totals["full_train_flops"] += row["full_train_flops"]
-            row.update({"val_loss": val.loss, "val_acc": val.acc, "time_s": times["grow"],
-                        "cum_train_flops": totals["train_flops"], "cum_full_train_flops": totals["full_train_flops"]})
-            ctx.report_epoch(row)
-            if cfg.record_structures:
-                ctx.run.append("structure", search.structure_rows(epoch + 1), flush=False)
-            ctx.run.save_checkpoint({"search": search.state_dict(), "times": times, "totals": totals,
-                                     "rng": rng_state()})
+    def grow_epoch(epoch: int, bar) -> dict[str, Any]:
+        row = search.run_epoch(train_loader, bar=bar)
+        val = evaluate(search.net, val_loader, device)
+        totals["train_flops"] += row["train_flops"]
+        totals["full_train_flops"] += row["full_train_flops"]
+        row.update({"val_loss": val.loss, "val_acc": val.acc, "cum_train_flops": totals["train_flops"],
+                    "cum_full_train_flops": totals["full_train_flops"]})
+        if cfg.record_structures:
+            ctx.run.append("structure", search.structure_rows(epoch + 1), flush=False)
+        return row
+
+    grow.run(grow_epoch, state={"search": search})
 
     # ---- export (+ optional fine-tuning) ------------------------------------------------
     compact, arch = search.export()
@@ -118,42 +109,29 @@ def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
     grown_val = evaluate(compact, val_loader, device)
     ctx.run.write_json("arch.json", arch)
     torch.manual_seed(cfg.seed + 1)
+    finetune = ctx.phase("finetune", cfg.finetune_epochs, seed=cfg.seed, reseed=1, loader=train_loader,
+                         desc="fine-tune")
     if cfg.finetune_epochs:
         opt = sgd_nesterov(compact.parameters(), lr=cfg.finetune_lr, momentum=cfg.weight_momentum,
                            weight_decay=cfg.weight_decay, nesterov=False)
         sched = cosine_schedule(opt, cfg.finetune_epochs * len(train_loader))
-        start = 0
-        if state.get("finetune") is not None:
-            f = state["finetune"]
-            compact.load_state_dict(f["model"])
-            opt.load_state_dict(f["opt"])
-            sched.load_state_dict(f["sched"])
-            start = f["epochs_done"]
-            set_rng_state(state["rng"])
-        per_sample = None
         ft_cost = costmodel.profile(build_compact(arch), splits.input_shape)
-        with ctx.bar(cfg.finetune_epochs * len(train_loader), "fine-tune", cfg.progress) as bar:
-            bar.update(start * len(train_loader))
-            for epoch in range(start, cfg.finetune_epochs):
-                reseed_loader(train_loader, cfg.seed, epoch, phase=1)
-                t0 = time.time()
-                tr = train_epoch(compact, train_loader, opt, scheduler=sched, device=device,
-                                 where=f"finetune epoch {epoch}", bar=bar)
-                times["finetune"] += time.time() - t0
-                if per_sample is None:
-                    per_sample = per_sample_train_flops(compact, val_loader, device)
-                ft_flops = per_sample * tr.n
-                totals["train_flops"] += ft_flops
-                val = evaluate(compact, val_loader, device)
-                ctx.report_epoch({"phase": "finetune", "epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
-                                  "val_loss": val.loss, "val_acc": val.acc, "lr": opt.param_groups[0]["lr"],
-                                  "train_flops": ft_flops, "cum_train_flops": totals["train_flops"],
-                                  "params": ft_cost.params, "flops": ft_cost.flops,
-                                  "time_s": times["finetune"]})
-                ctx.run.save_checkpoint({"search": search.state_dict(), "times": times, "totals": totals,
-                                         "rng": rng_state(),
-                                         "finetune": {"model": compact.state_dict(), "opt": opt.state_dict(),
-                                                      "sched": sched.state_dict(), "epochs_done": epoch + 1}})
+
+        def finetune_epoch(epoch: int, bar) -> dict[str, Any]:
+            tr = train_epoch(compact, train_loader, opt, scheduler=sched, device=device,
+                             where=f"finetune epoch {epoch}", bar=bar)
+            # counted once, after the first epoch; kept in the checkpoint, so a resumed process does
+            # not run the loader (a global-RNG draw) at a point where the first process did not
+            if "finetune_per_sample" not in ctx.state:
+                ctx.state["finetune_per_sample"] = per_sample_train_flops(compact, val_loader, device)
+            ft_flops = ctx.state["finetune_per_sample"] * tr.n
+            totals["train_flops"] += ft_flops
+            val = evaluate(compact, val_loader, device)
+            return {"train_loss": tr.loss, "train_acc": tr.acc, "val_loss": val.loss, "val_acc": val.acc,
+                    "lr": opt.param_groups[0]["lr"], "train_flops": ft_flops, "cum_train_flops": totals["train_flops"],
+                    "params": ft_cost.params, "flops": ft_cost.flops}
+
+        finetune.run(finetune_epoch, state={"model": compact, "opt": opt, "sched": sched})
     compact.eval()
     test = evaluate(compact, test_loader, device)
     atomic_torch_save({k: v.detach().cpu() for k, v in compact.state_dict().items()}, ctx.run.file("model.pt"))
@@ -174,8 +152,8 @@ def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "train_flops": totals["train_flops"],
         "full_train_flops": totals["full_train_flops"],
         "train_cost_savings": savings,
-        "grow_time_s": times["grow"],
-        "finetune_time_s": times["finetune"],
+        "grow_time_s": grow.time_s,
+        "finetune_time_s": finetune.time_s,
         "depth": len(arch["layers"]),
         "family": cfg.family,
         "budget": cfg.budget,

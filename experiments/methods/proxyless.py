@@ -8,7 +8,6 @@ momentum 0.9, wd 4e-5, cosine), report top-1 on the test split, params and FLOPs
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +17,10 @@ from search_spaces import cost as costmodel
 from search_spaces.errors import UserError
 from search_spaces.resnet_scoped import SCOPES, STEMS, block_labels, build_resnet, scoped_resnet
 from strategies.proxyless import ProxylessConfig, ProxylessSearch
-from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
+from strategies.training import cosine_schedule, evaluate, fit_epoch, sgd_nesterov
 
 from ..data import make_loaders
-from ..harness import CommonConfig, RunContext, load_images, pick, reseed_loader, resolve_device, rng_state, set_rng_state
+from ..harness import CommonConfig, RunContext, load_images, pick, resolve_device
 from ..runfolder import atomic_torch_save
 
 __all__ = ["ProxylessTrialConfig", "run"]
@@ -57,38 +56,27 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
     splits = load_images(cfg)
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
     space_kwargs = _space_kwargs(cfg, splits)
-    state = ctx.resumed or {}
     device = resolve_device(cfg.device)
-    times = state.get("times", {"search": 0.0, "retrain": 0.0})
 
     # ---- search ------------------------------------------------------------------------
-    search_epochs_done = state.get("search_epochs_done", 0)
-    arch: dict[str, str] | None = {} if cfg.scope == "none" else state.get("arch")
-    exit_epoch = state.get("exit_epoch")
-    if arch is None:
+    search_phase = ctx.phase("search", cfg.search_epochs, seed=cfg.seed, loader=train_loader,
+                             desc=f"search scope={cfg.scope}")
+    if cfg.scope == "none":
+        found = {"arch": {}, "exit_epoch": None}
+    elif search_phase.done:
+        found = search_phase.result
+    else:
         search = ProxylessSearch(scoped_resnet(cfg.scope, **space_kwargs), pick(ProxylessConfig, cfg),
                                  input_shape=splits.input_shape, seed=cfg.seed, device=device)
-        if state.get("search") is not None:
-            search.load_state_dict(state["search"])
-            set_rng_state(state["rng"])
-        epoch = search_epochs_done
-        with ctx.bar(cfg.search_epochs * len(train_loader), f"search scope={cfg.scope}", cfg.progress) as bar:
-            bar.update(epoch * len(train_loader))
-            while epoch < cfg.search_epochs and not search.should_stop():
-                reseed_loader(train_loader, cfg.seed, epoch)
-                t0 = time.time()
-                row = search.run_epoch(epoch, train_loader, val_loader,
-                                       record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
-                times["search"] += time.time() - t0
-                row["time_s"] = times["search"]
-                ctx.report_epoch(row)
-                epoch += 1
-                ctx.run.save_checkpoint({"search": search.state_dict(), "search_epochs_done": epoch,
-                                         "times": times, "rng": rng_state()})
-        search_epochs_done = epoch
-        arch = search.export()
-        exit_epoch = search.exit.exit_epoch
+
+        def search_epoch(epoch: int, bar) -> dict[str, Any]:
+            return search.run_epoch(epoch, train_loader, val_loader,
+                                    record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
+
+        search_phase.run(search_epoch, state={"search": search}, until=search.should_stop)
+        found = search_phase.finish({"arch": search.export(), "exit_epoch": search.exit.exit_epoch})
         del search
+    arch, exit_epoch = found["arch"], found["exit_epoch"]
     ctx.run.write_json("arch.json", {"scope": cfg.scope, "arch": arch, "labels": block_labels(cfg.scope),
                                      "space": space_kwargs})
 
@@ -98,31 +86,16 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
     opt = sgd_nesterov(model.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum,
                        weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     sched = cosine_schedule(opt, max(1, cfg.retrain_epochs * len(train_loader)))
-    start = 0
-    if state.get("retrain") is not None:
-        r = state["retrain"]
-        model.load_state_dict(r["model"])
-        opt.load_state_dict(r["opt"])
-        sched.load_state_dict(r["sched"])
-        start = r["epochs_done"]
-        set_rng_state(state["rng"])
     cost = costmodel.profile(model, splits.input_shape)
-    with ctx.bar(cfg.retrain_epochs * len(train_loader), f"retrain scope={cfg.scope}", cfg.progress) as bar:
-        bar.update(start * len(train_loader))
-        for epoch in range(start, cfg.retrain_epochs):
-            reseed_loader(train_loader, cfg.seed, epoch, phase=1)
-            t0 = time.time()
-            tr = train_epoch(model, train_loader, opt, scheduler=sched, device=device,
-                             where=f"retrain epoch {epoch}", bar=bar)
-            val = evaluate(model, val_loader, device)
-            times["retrain"] += time.time() - t0
-            ctx.report_epoch({"phase": "retrain", "epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
-                              "val_loss": val.loss, "val_acc": val.acc, "lr": opt.param_groups[0]["lr"],
-                              "params": cost.params, "flops": cost.flops, "time_s": times["retrain"]})
-            ctx.run.save_checkpoint({"arch": arch, "search_epochs_done": search_epochs_done, "times": times,
-                                     "exit_epoch": exit_epoch, "rng": rng_state(),
-                                     "retrain": {"model": model.state_dict(), "opt": opt.state_dict(),
-                                                 "sched": sched.state_dict(), "epochs_done": epoch + 1}})
+
+    def retrain_epoch(epoch: int, bar) -> dict[str, Any]:
+        _, _, row = fit_epoch(model, train_loader, val_loader, opt, scheduler=sched, device=device,
+                              where=f"retrain epoch {epoch}", bar=bar)
+        return {**row, "params": cost.params, "flops": cost.flops}
+
+    retrain = ctx.phase("retrain", cfg.retrain_epochs, seed=cfg.seed, reseed=1, loader=train_loader,
+                        desc=f"retrain scope={cfg.scope}")
+    retrain.run(retrain_epoch, state={"model": model, "opt": opt, "sched": sched})
     test = evaluate(model, test_loader, device)
     atomic_torch_save(model.state_dict(), ctx.run.file("model.pt"))
     return {
@@ -133,10 +106,10 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "flops": cost.flops,
         "bytes": cost.bytes,
         "intensity": cost.intensity,
-        "search_epochs": search_epochs_done,
+        "search_epochs": search_phase.epochs_done,
         "exit_epoch": -1 if exit_epoch is None else exit_epoch,
-        "search_time_s": times["search"],
-        "retrain_time_s": times["retrain"],
+        "search_time_s": search_phase.time_s,
+        "retrain_time_s": retrain.time_s,
         "scope": cfg.scope,
         "dataset": cfg.dataset,
         "arch": arch,

@@ -111,7 +111,9 @@ from strategies.scann import (
 )
 
 from ..data import TABULAR_DATASETS, load_tabular_dataset, make_loaders
-from ..harness import CommonConfig, RunContext, load_images, resolve_device, rng_state, set_rng_state
+from strategies.training import rng_state, set_rng_state
+
+from ..harness import CommonConfig, RunContext, load_images, resolve_device
 from ..runfolder import atomic_torch_save, atomic_write_bytes
 
 __all__ = ["ScannTrialConfig", "run", "BASELINE_GRID", "IMAGE_DATASETS_SCANN", "baseline_test_accs"]

@@ -42,11 +42,10 @@ import torch.nn as nn
 from search_spaces import cost as costmodel
 from search_spaces.errors import UserError
 from search_spaces.growth_spaces import FAMILIES, build_compact, full_arch, make_layout
-from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
+from strategies.training import TrainingPhase, cosine_schedule, evaluate, fit_epoch, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
-from ..harness import (CommonConfig, RunContext, load_images, per_sample_train_flops, reseed_loader, resolve_device,
-                       rng_state, set_rng_state)
+from ..harness import CommonConfig, RunContext, load_images, per_sample_train_flops, resolve_device
 from ..runfolder import atomic_torch_save
 
 __all__ = ["SurveyTrialConfig", "VARIANTS", "OURS", "SURVEY_BASELINES", "run"]
@@ -137,24 +136,17 @@ def resolve_target(cfg: SurveyTrialConfig, baseline_flops: int) -> int:
     return int(round(target))
 
 
-class _Phases:
-    """The run's timers, training-FLOPs counter and checkpoint, shared by every variant."""
-
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-        self.state: dict[str, Any] = dict(ctx.resumed or {})
-        self.state.setdefault("times", {"search": 0.0, "train": 0.0})
-        self.state.setdefault("train_flops", 0)
-
-    def save(self, **parts: Any) -> None:
-        self.state.update(parts)
-        self.state["rng"] = rng_state()
-        self.ctx.run.save_checkpoint(self.state)
+def _times(ctx: RunContext) -> dict[str, float]:
+    """Search and final-training seconds: the time of the run's phases (the final phase is named
+    ``train``, ``retrain`` or ``finetune``)."""
+    phases = ctx.state.get("phases", {})
+    train = sum(phases[k]["time_s"] for k in ("train", "retrain", "finetune") if k in phases)
+    return {"search": phases.get("search", {}).get("time_s", 0.0), "train": train}
 
 
-def train_final(model: nn.Module, cfg: SurveyTrialConfig, ctx: RunContext, ph: _Phases, loaders, device, *,
+def train_final(model: nn.Module, cfg: SurveyTrialConfig, ctx: RunContext, loaders, device, *,
                 epochs: int, lr: float, phase: str, cost: costmodel.Cost) -> nn.Module:
-    """``epochs`` of SGD (cosine) on ``model``; per-epoch rows, checkpoints and resume."""
+    """``epochs`` of SGD (cosine) on ``model`` as the resumable phase ``phase``."""
     train_loader, val_loader, _ = loaders
     model.to(device)
     if epochs == 0:
@@ -162,35 +154,21 @@ def train_final(model: nn.Module, cfg: SurveyTrialConfig, ctx: RunContext, ph: _
     opt = sgd_nesterov(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                        nesterov=False)
     sched = cosine_schedule(opt, epochs * len(train_loader))
-    # before the RNG is restored: iterating a loader draws a seed from the global RNG
+    # before the phase restores the RNG: iterating a loader draws a seed from the global RNG
     per_sample = per_sample_train_flops(model, val_loader, device)
-    start = 0
-    saved = ph.state.get("final")
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        start = saved["epochs_done"]
-        set_rng_state(ph.state["rng"])
-    with ctx.bar(epochs * len(train_loader), f"{cfg.variant}: {phase}", cfg.progress) as bar:
-        bar.update(start * len(train_loader))
-        for epoch in range(start, epochs):
-            reseed_loader(train_loader, cfg.seed, epoch, phase=1)
-            t0 = time.time()
-            tr = train_epoch(model, train_loader, opt, scheduler=sched, device=device,
-                             where=f"{phase} epoch {epoch}", bar=bar)
-            ph.state["times"]["train"] += time.time() - t0
-            ph.state["train_flops"] += per_sample * tr.n
-            val = evaluate(model, val_loader, device)
-            ctx.report_epoch({"phase": phase, "epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
-                              "val_loss": val.loss, "val_acc": val.acc, "lr": opt.param_groups[0]["lr"],
-                              "params": cost.params, "flops": cost.flops, "time_s": ph.state["times"]["train"]})
-            ph.save(final={"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                           "epochs_done": epoch + 1})
+
+    def epoch_fn(epoch: int, bar) -> dict[str, Any]:
+        tr, _, row = fit_epoch(model, train_loader, val_loader, opt, scheduler=sched, device=device,
+                               where=f"{phase} epoch {epoch}", bar=bar)
+        ctx.state["train_flops"] = ctx.state.get("train_flops", 0) + per_sample * tr.n
+        return {**row, "params": cost.params, "flops": cost.flops}
+
+    ctx.phase(phase, epochs, seed=cfg.seed, reseed=1, loader=train_loader, desc=f"{cfg.variant}: {phase}").run(
+        epoch_fn, state={"model": model, "opt": opt, "sched": sched})
     return model
 
 
-def _finish(model: nn.Module, arch: dict, cfg: SurveyTrialConfig, ctx: RunContext, ph: _Phases, loaders, device,
+def _finish(model: nn.Module, arch: dict, cfg: SurveyTrialConfig, ctx: RunContext, loaders, device,
             *, cost: costmodel.Cost, baseline: costmodel.Cost, target: int, info: dict[str, Any]) -> dict[str, Any]:
     """Test, save the model, and the row's summary (``cost``: of the exported network)."""
     model.eval()
@@ -199,7 +177,7 @@ def _finish(model: nn.Module, arch: dict, cfg: SurveyTrialConfig, ctx: RunContex
     atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ctx.run.file("model.pt"))
     ctx.run.write_json("arch.json", arch)
     return _row(cfg, top1=test.acc, test_loss=test.loss, params=cost.params, flops=cost.flops, baseline=baseline,
-                target=target, times=ph.state["times"], train_flops=ph.state["train_flops"], info=info)
+                target=target, times=_times(ctx), train_flops=ctx.state.get("train_flops", 0), info=info)
 
 
 def _row(cfg: SurveyTrialConfig, *, top1: float, params: float, flops: float, baseline: costmodel.Cost | None,
@@ -238,52 +216,46 @@ def _row(cfg: SurveyTrialConfig, *, top1: float, params: float, flops: float, ba
 
 
 # ---------------------------------------------------------------------------------------- variants
-def _run_baseline(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+def _run_baseline(cfg, ctx, splits, layout, loaders, device, baseline, target):
     torch.manual_seed(cfg.seed)
     arch = full_arch(layout)
     model = build_compact(arch)
-    model = train_final(model, cfg, ctx, ph, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="train",
+    model = train_final(model, cfg, ctx, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="train",
                         cost=baseline)
-    return _finish(model, arch, cfg, ctx, ph, loaders, device, cost=baseline, baseline=baseline, target=target,
+    return _finish(model, arch, cfg, ctx, loaders, device, cost=baseline, baseline=baseline, target=target,
                    info={"notes": "the baseline network"})
 
 
-def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+def _run_compressor(cfg, ctx, splits, layout, loaders, device, baseline, target):
     from strategies.survey import make_compressor
 
     train_loader, val_loader, _ = loaders
     comp = make_compressor(cfg.variant, layout, target_flops=target, input_shape=splits.input_shape, seed=cfg.seed,
                            device=device, epochs=cfg.epochs, config_overrides=cfg.method_options,
                            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if "export" not in ph.state:
+    search = ctx.phase("search", cfg.epochs, seed=cfg.seed, loader=train_loader,
+                       desc=f"{cfg.variant}: regularised training")
+    if not search.done:
         # counted before any state is restored: counting runs a loader (a global-RNG draw) and
         # may draw the compressor's own noise, so it must sit at the same point in every process
         net = getattr(comp, "net", None)
         per_sample = per_sample_train_flops(net, val_loader, device) if isinstance(net, nn.Module) else 0
-        if ph.state.get("compressor") is not None:
-            comp.load_state_dict(ph.state["compressor"])
-            set_rng_state(ph.state["rng"])
-        start = ph.state.get("search_epochs_done", 0)
-        with ctx.bar(cfg.epochs * len(train_loader), f"{cfg.variant}: regularised training", cfg.progress) as bar:
-            bar.update(start * len(train_loader))
-            for epoch in range(start, cfg.epochs):
-                reseed_loader(train_loader, cfg.seed, epoch)
-                t0 = time.time()
-                row = comp.train_epoch(epoch, train_loader, bar=bar)
-                ph.state["times"]["search"] += time.time() - t0
-                ph.state["train_flops"] += per_sample * len(train_loader.dataset)
-                net = getattr(comp, "net", None)
-                if isinstance(net, nn.Module):
-                    val = evaluate(net, val_loader, device)
-                    row = {**row, "val_loss": val.loss, "val_acc": val.acc}
-                # the web UI's params/FLOPs columns: of the network the current threshold would keep
-                ctx.report_epoch({"phase": "search", "epoch": epoch, **row, "params": row.get("est_params"),
-                                  "flops": row.get("est_flops"), "time_s": ph.state["times"]["search"]})
-                ph.save(compressor=comp.state_dict(), search_epochs_done=epoch + 1)
+
+        def epoch_fn(epoch: int, bar) -> dict[str, Any]:
+            row = comp.train_epoch(epoch, train_loader, bar=bar)
+            ctx.state["train_flops"] = ctx.state.get("train_flops", 0) + per_sample * len(train_loader.dataset)
+            net = getattr(comp, "net", None)
+            if isinstance(net, nn.Module):
+                val = evaluate(net, val_loader, device)
+                row = {**row, "val_loss": val.loss, "val_acc": val.acc}
+            # the web UI's params/FLOPs columns: of the network the current threshold would keep
+            return {**row, "params": row.get("est_params"), "flops": row.get("est_flops")}
+
+        search.run(epoch_fn, state={"compressor": comp})
         model, arch, info = comp.export()
-        ph.save(export={"arch": arch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "info": info}, compressor=None)
-    exp = ph.state["export"]
+        search.finish({"arch": arch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       "info": info})
+    exp = search.result
     arch, info = exp["arch"], dict(exp["info"])
     reinit = bool(info.get("reinit"))
     torch.manual_seed(cfg.seed + 1)   # a fresh network's init must not depend on what ran before (resume)
@@ -291,14 +263,14 @@ def _run_compressor(cfg, ctx, ph, splits, layout, loaders, device, baseline, tar
     if not reinit:
         model.load_state_dict(exp["model"])
     cost = costmodel.profile(build_compact(arch), splits.input_shape)
-    model = train_final(model, cfg, ctx, ph, loaders, device,
+    model = train_final(model, cfg, ctx, loaders, device,
                         epochs=cfg.total_epochs if reinit else cfg.finetune_epochs,
                         lr=cfg.lr if reinit else cfg.finetune_lr, phase="retrain" if reinit else "finetune", cost=cost)
     info = {k: v for k, v in info.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    return _finish(model, arch, cfg, ctx, ph, loaders, device, cost=cost, baseline=baseline, target=target, info=info)
+    return _finish(model, arch, cfg, ctx, loaders, device, cost=cost, baseline=baseline, target=target, info=info)
 
 
-def _run_growth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+def _run_growth(cfg, ctx, splits, layout, loaders, device, baseline, target):
     from .growth import GrowthTrialConfig
     from .growth import run as growth_run
 
@@ -318,7 +290,7 @@ def _run_growth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target)
                       "notes": "growing is its training: epochs of growth + fine-tuning"})
 
 
-def _run_proxyless(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+def _run_proxyless(cfg, ctx, splits, layout, loaders, device, baseline, target):
     from search_spaces.layout_choice import arch_flops, candidate_names, choice_space, choices_to_arch
     from strategies.proxyless import ProxylessConfig, ProxylessSearch
 
@@ -328,43 +300,36 @@ def _run_proxyless(cfg, ctx, ph, splits, layout, loaders, device, baseline, targ
     floor = arch_flops(layout, cheapest, splits.input_shape)
     aim = max(target, floor)
     note = "" if aim == target else f"; target below the space's cheapest network ({floor} FLOPs): aimed at that"
-    if "export" not in ph.state:
+    search_phase = ctx.phase("search", cfg.epochs, seed=cfg.seed, loader=train_loader, desc="proxyless: search")
+    if not search_phase.done:
         pcfg = ProxylessConfig(search_epochs=cfg.epochs, weight_lr=cfg.lr, weight_momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, cost_term="flops",
                                cost_weight=cfg.proxyless_cost_weight, cost_target=aim / baseline.flops)
         torch.manual_seed(cfg.seed)
         search = ProxylessSearch(choice_space(layout, ratios=cfg.proxyless_ratios), pcfg,
                                  input_shape=splits.input_shape, seed=cfg.seed, device=device)
-        if ph.state.get("search") is not None:
-            search.load_state_dict(ph.state["search"])
-            set_rng_state(ph.state["rng"])
-        start = ph.state.get("search_epochs_done", 0)
-        with ctx.bar(cfg.epochs * len(train_loader), "proxyless: search", cfg.progress) as bar:
-            bar.update(start * len(train_loader))
-            for epoch in range(start, cfg.epochs):
-                reseed_loader(train_loader, cfg.seed, epoch)
-                t0 = time.time()
-                row = search.run_epoch(epoch, train_loader, val_loader,
-                                       record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
-                ph.state["times"]["search"] += time.time() - t0
-                ctx.report_epoch({**row, "time_s": ph.state["times"]["search"]})
-                ph.save(search=search.state_dict(), search_epochs_done=epoch + 1)
-        ph.save(export={"choices": search.export()}, search=None)
-    choices = ph.state["export"]["choices"]
+
+        def epoch_fn(epoch: int, bar) -> dict[str, Any]:
+            return search.run_epoch(epoch, train_loader, val_loader,
+                                    record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
+
+        search_phase.run(epoch_fn, state={"search": search})
+        search_phase.finish({"choices": search.export()})
+    choices = search_phase.result["choices"]
     arch = choices_to_arch(layout, choices)
     torch.manual_seed(cfg.seed + 1)
     model = build_compact(arch)
     cost = costmodel.profile(build_compact(arch), splits.input_shape)
-    model = train_final(model, cfg, ctx, ph, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="retrain",
+    model = train_final(model, cfg, ctx, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="retrain",
                         cost=cost)
     info = {"choices": ",".join(f"{k}={v}" for k, v in sorted(choices.items())),
             "skipped_units": sum(v == "skip" for v in choices.values()),
             "notes": "derived network retrained from scratch" + note}
     arch = {**arch, "proxyless_choices": choices}
-    return _finish(model, arch, cfg, ctx, ph, loaders, device, cost=cost, baseline=baseline, target=target, info=info)
+    return _finish(model, arch, cfg, ctx, loaders, device, cost=cost, baseline=baseline, target=target, info=info)
 
 
-def _run_epnas(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+def _run_epnas(cfg, ctx, splits, layout, loaders, device, baseline, target):
     from search_spaces.epnas import SpaceConfig, arch_cost, build_network, check_constraints_feasible
     from strategies.epnas import EpnasConfig, EpnasController, constrained_reward
 
@@ -378,62 +343,62 @@ def _run_epnas(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
         note = f"; {exc}"
     ctl = EpnasController(EpnasConfig(branches=cfg.epnas_branches, episodes=cfg.epnas_episodes,
                                       steps=cfg.epnas_steps, seed=cfg.seed, flops_max=float(target)), space)
-    if "export" not in ph.state:
-        if ph.state.get("controller") is not None:
-            ctl.load_state_dict(ph.state["controller"])
-            set_rng_state(ph.state["rng"])
-        budget = cfg.epnas_episodes * cfg.epnas_steps * cfg.epnas_branches
-        with ctx.bar(budget, "epnas: search", cfg.progress) as bar:
-            bar.update(len(ctl.records) - len(ctl.pending()))
-            while not ctl.finished:
-                for key, arch, meta in ctl.propose():
-                    t0 = time.time()
-                    acc = _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, meta["trial"])
-                    c = arch_cost(arch, space, splits.input_shape, splits.num_classes)
-                    reward = constrained_reward(acc, {"flops": c.flops}, constraints)
-                    ctl.tell(key, reward, {"accuracy": acc, "flops": c.flops, "params": c.params})
-                    ph.state["times"]["search"] += time.time() - t0
-                    ctx.run.append("metrics", {"phase": "search", "trial": meta["trial"], "episode": meta["episode"],
-                                               "reward": reward, "val_acc": acc, "flops": c.flops,
-                                               "params": c.params, "feasible": int(c.flops <= target),
-                                               "time_s": ph.state["times"]["search"]})
-                    bar.update(1)
-                    ph.save(controller=ctl.state_dict())
+    budget = cfg.epnas_episodes * cfg.epnas_steps * cfg.epnas_branches
+    search = ctx.phase("search", budget, desc="epnas: search")   # one "epoch" = one proxy-trained network
+    if not search.done:
+        queue: list[tuple[str, dict, dict]] = []
+
+        def one_network(_: int, bar) -> None:
+            if not queue:   # a resumed controller proposes its pending networks first
+                queue.extend(ctl.propose())
+            key, arch, meta = queue.pop(0)
+            acc = _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, meta["trial"])
+            c = arch_cost(arch, space, splits.input_shape, splits.num_classes)
+            reward = constrained_reward(acc, {"flops": c.flops}, constraints)
+            ctl.tell(key, reward, {"accuracy": acc, "flops": c.flops, "params": c.params})
+            ctx.run.append("metrics", {"phase": "search", "trial": meta["trial"], "episode": meta["episode"],
+                                       "reward": reward, "val_acc": acc, "flops": c.flops, "params": c.params,
+                                       "feasible": int(c.flops <= target)})
+            bar.update(1)
+
+        search.run(one_network, state={"controller": ctl}, until=lambda: ctl.finished and not queue)
         feasible = [r for r in ctl.records.values() if r["status"] == "done" and r["metrics"].get("flops", 0) <= target]
         pool = feasible or [r for r in ctl.records.values() if r["status"] == "done"]
         if not pool:
             raise UserError("epnas: every proxy-trained network failed; nothing to train")
         best = max(pool, key=lambda r: r["reward"])
-        ph.save(export={"arch": best["arch"], "proxy_reward": best["reward"], "feasible": bool(feasible)},
-                controller=None)
-    exp = ph.state["export"]
+        search.finish({"arch": best["arch"], "proxy_reward": best["reward"], "feasible": bool(feasible),
+                       "trained_models": len(ctl.records)})
+    exp = search.result
     torch.manual_seed(cfg.seed + 1)
     model = build_network(exp["arch"], space, input_shape=splits.input_shape, num_classes=splits.num_classes)
     cost = arch_cost(exp["arch"], space, splits.input_shape, splits.num_classes)
-    model = train_final(model, cfg, ctx, ph, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="retrain",
+    model = train_final(model, cfg, ctx, loaders, device, epochs=cfg.total_epochs, lr=cfg.lr, phase="retrain",
                         cost=cost)
     arch = {"epnas_arch": exp["arch"], "space": "layer", "space_config": vars(space)}
-    return _finish(model, arch, cfg, ctx, ph, loaders, device, cost=cost, baseline=baseline, target=target,
-                   info={"proxy_reward": exp["proxy_reward"], "trained_models": len(ctl.records) or
-                         cfg.epnas_episodes * cfg.epnas_steps * cfg.epnas_branches,
+    return _finish(model, arch, cfg, ctx, loaders, device, cost=cost, baseline=baseline, target=target,
+                   info={"proxy_reward": exp["proxy_reward"], "trained_models": exp["trained_models"],
                          "notes": "EPNAS layer-by-layer space (not the baseline's); best proxy network "
                                   "retrained from scratch" + ("" if exp["feasible"] else "; no feasible network") + note})
 
 
 def _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, trial: int) -> float:
+    """Proxy-train one proposed network in memory (not checkpointed: it is one step of the search)."""
     from search_spaces.epnas import build_network
 
     torch.manual_seed(cfg.seed * 1000 + trial)
     model = build_network(arch, space, input_shape=splits.input_shape, num_classes=splits.num_classes).to(device)
     opt = sgd_nesterov(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = cosine_schedule(opt, cfg.epnas_proxy_epochs * len(train_loader))
-    for e in range(cfg.epnas_proxy_epochs):
-        reseed_loader(train_loader, cfg.seed, e, phase=2)
+
+    def epoch_fn(e: int, bar) -> None:
         train_epoch(model, train_loader, opt, scheduler=sched, device=device, where=f"epnas proxy {trial} epoch {e}")
+
+    TrainingPhase(None, "proxy", cfg.epnas_proxy_epochs, seed=cfg.seed, reseed=2, loader=train_loader).run(epoch_fn)
     return evaluate(model, val_loader, device).acc
 
 
-def _run_scann(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+def _run_scann(cfg, ctx, splits, layout, loaders, device, baseline, target):
     from .scann import ScannTrialConfig
     from .scann import run as scann_run
 
@@ -449,7 +414,7 @@ def _run_scann(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
                                "its own train/test split"})
 
 
-def _run_gensynth(cfg, ctx, ph, splits, layout, loaders, device, baseline, target):
+def _run_gensynth(cfg, ctx, splits, layout, loaders, device, baseline, target):
     from strategies.survey import PUBLISHED
 
     setting = f"{cfg.dataset}/{_baseline_name(cfg)}"
@@ -496,6 +461,5 @@ def run(cfg: SurveyTrialConfig, ctx: RunContext) -> dict[str, Any]:
     target = resolve_target(cfg, baseline.flops)
     loaders = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
     device = resolve_device(cfg.device)
-    ph = _Phases(ctx)
-    row = RUNNERS[cfg.variant](cfg, ctx, ph, splits, layout, loaders, device, baseline, target)
+    row = RUNNERS[cfg.variant](cfg, ctx, splits, layout, loaders, device, baseline, target)
     return row
