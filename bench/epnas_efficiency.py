@@ -43,7 +43,7 @@ from typing import Sequence
 import torch
 
 from experiments.data import load_image_dataset
-from experiments.methods.epnas import SharedWeights
+from strategies.epnas_sharing import SharedWeights
 from search_spaces.epnas import SpaceConfig, arch_cost, build_network, random_arch
 from strategies.epnas import EpnasConfig, EpnasController, constrained_reward
 from strategies.search_baselines import BASELINES

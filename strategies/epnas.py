@@ -74,7 +74,6 @@ from search_spaces.errors import UserError
 __all__ = [
     "SCALE_TABLE", "KINDS", "CONSTRAINT_NAMES", "RewardConfig", "EpnasConfig", "constraints_of", "constrained_reward",
     "insert_unit", "remove_unit", "scale_group", "random_morph", "describe_morph", "PolicyNet", "EpnasController",
-    "copy_sliced", "merge_entries",
 ]
 
 SCALE_TABLE = ("keep", "channels-", "channels+", "filter-", "filter+")
@@ -455,32 +454,6 @@ def random_morph(arch: Mapping[str, Any], space: SpaceConfig, rng: random.Random
 
 
 # ------------------------------------------------------------------------------------- sharing
-
-
-def copy_sliced(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """Copy the overlapping block of ``src`` into ``dst`` (sliced where larger, ``dst``'s own
-    values kept where ``src`` is smaller: padding); scalars/0-d copied when shapes match."""
-    if dst.shape == src.shape:
-        dst.copy_(src)
-        return
-    if dst.dim() != src.dim():
-        return
-    idx = tuple(slice(0, min(a, b)) for a, b in zip(dst.shape, src.shape))
-    dst[idx].copy_(src[idx])
-
-
-def merge_entries(store: dict[str, dict], new: Mapping[str, Mapping[str, Any]], score: float) -> int:
-    """Clash rule of Sec. 3.4: for each key, the weights of the better-scoring model win.
-
-    ``store``/``new``: ``{key: {name: tensor}}``; ``store`` values are ``{"score", "state"}``.
-    Returns the number of keys written."""
-    written = 0
-    for key, state in new.items():
-        old = store.get(key)
-        if old is None or score >= float(old["score"]):
-            store[key] = {"score": float(score), "state": {k: v.detach().cpu().clone() for k, v in state.items()}}
-            written += 1
-    return written
 
 
 # ------------------------------------------------------------------------------------- controller

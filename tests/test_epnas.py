@@ -12,12 +12,13 @@ import torch
 
 from experiments.config import build_config
 from experiments.harness import execute
-from experiments.methods.epnas import EpnasTrialConfig, SharedWeights, run
+from experiments.methods.epnas import EpnasTrialConfig, run
+from strategies.epnas_sharing import SharedWeights, copy_sliced
 from search_spaces.epnas import (EpnasSpace, InvalidArchitecture, SpaceConfig, arch_cost, arch_to_json, arch_to_sample,
                                  build_network, check_arch, check_constraints_feasible, random_arch, sample_to_arch)
 from search_spaces.errors import UserError
-from strategies.epnas import (KINDS, EpnasConfig, EpnasController, PolicyNet, constrained_reward, copy_sliced,
-                              insert_unit, remove_unit, run_policy)
+from strategies.epnas import (KINDS, EpnasConfig, EpnasController, PolicyNet, constrained_reward, insert_unit,
+                              remove_unit, run_policy)
 from strategies.epnas_nni import EpnasTuner, check_class_args, main as check_main
 from strategies.search_baselines import BASELINES
 

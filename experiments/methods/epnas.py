@@ -6,7 +6,7 @@ step / branch / parent and the resource constraints, into the trial's NNI parame
 
 1. builds the network (:func:`search_spaces.epnas.build_network`; an invalid one is a one-line
    error, exit 2, which the controller counts as a failed trial);
-2. loads matching weights from the global parameter-sharing dictionary (:class:`SharedWeights`,
+2. loads matching weights from the global parameter-sharing dictionary (:class:`strategies.epnas_sharing.SharedWeights`,
    keys ``"<layer index>:<op type>"``; mismatched shapes are sliced or padded);
 3. proxy-trains it: SGD-Nesterov, large batch with a proportionally larger learning rate
    (``lr * batch_size / batch_ref``; the paper's 0.5 at batch 1024), cosine decay over ``epochs``
@@ -21,29 +21,23 @@ nnictl ``<experiment>/trials/epnas_shared.pt``, shared by all trials of the expe
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import io
 import math
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
-import torch.nn as nn
+from typing import Any
 
 from search_spaces.epnas import SpaceConfig, arch_cost, arch_from_json, build_network, random_arch, validate_arch
 from search_spaces.errors import UserError
-from strategies.epnas import RewardConfig, constrained_reward, constraints_of, copy_sliced, merge_entries
+from strategies.epnas import RewardConfig, constrained_reward, constraints_of
+from strategies.epnas_sharing import SharedWeights
 from strategies.training import cosine_schedule, fit_epoch, sgd_nesterov
 
 from ..data import make_loaders
 from ..harness import CommonConfig, RunContext, load_images, resolve_device
-from ..runfolder import atomic_torch_save, atomic_write_bytes
+from ..runfolder import atomic_torch_save
 
-__all__ = ["EpnasTrialConfig", "SharedWeights", "space_config", "run"]
+__all__ = ["EpnasTrialConfig", "space_config", "run"]
 
 SHARE_NAME = "epnas_shared.pt"
 
@@ -97,75 +91,6 @@ def space_config(cfg: Any) -> SpaceConfig:
     return SpaceConfig(kind=cfg.space, max_layers=cfg.max_layers, max_branches=cfg.max_branches,
                        stem_channels=cfg.stem_channels, cell_channels=cfg.cell_channels,
                        cells_per_stage=cfg.cells_per_stage, stages=cfg.stages, min_spatial=cfg.min_spatial)
-
-
-class SharedWeights:
-    """The global parameter-sharing dictionary of Sec. 3.4 in one file.
-
-    ``{"version": 1, "entries": {key: {"score": accuracy, "state": {name: tensor}}}}``, read and
-    written under an ``fcntl`` lock on ``<file>.lock`` (read-modify-write is serialised between
-    concurrent trials) and replaced atomically (temp file + rename: a reader never sees a torn
-    file).  A file that cannot be read is ignored with a warning and replaced on the next write.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-    def read(self) -> dict[str, dict]:
-        if not self.path.exists():
-            return {}
-        try:
-            blob = torch.load(io.BytesIO(self.path.read_bytes()), weights_only=True, map_location="cpu")
-            entries = blob["entries"]
-            if blob.get("version") != 1 or not isinstance(entries, dict):
-                raise ValueError("unexpected layout")
-            for key, e in entries.items():
-                float(e["score"])
-                if not all(isinstance(t, torch.Tensor) for t in e["state"].values()):
-                    raise ValueError(f"entry {key!r} holds non-tensors")
-            return entries
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is ignored, never a crash
-            warnings.warn(f"ignoring unreadable parameter-sharing file {self.path}: {type(exc).__name__}: {exc}",
-                          RuntimeWarning, stacklevel=2)
-            return {}
-
-    def load_into(self, model: nn.Module) -> int:
-        """Copy stored weights into ``model.shareable()`` modules; returns the number of keys used."""
-        with self._locked(exclusive=False):
-            entries = self.read()
-        used = 0
-        with torch.no_grad():
-            for key, module in model.shareable().items():
-                entry = entries.get(key)
-                if entry is None:
-                    continue
-                own = module.state_dict()
-                for name, tensor in entry["state"].items():
-                    if name in own:
-                        copy_sliced(own[name], tensor.to(own[name].dtype))
-                used += 1
-        return used
-
-    def update(self, model: nn.Module, score: float) -> int:
-        """Merge ``model``'s weights in (per key, the higher score wins); returns keys written."""
-        with self._locked(exclusive=True):
-            entries = self.read()
-            written = merge_entries(entries, {k: m.state_dict() for k, m in model.shareable().items()}, score)
-            buf = io.BytesIO()
-            torch.save({"version": 1, "entries": entries}, buf)
-            atomic_write_bytes(self.path, buf.getvalue())
-        return written
 
 
 def _share_path(cfg: EpnasTrialConfig, ctx: RunContext) -> Path:
