@@ -25,10 +25,9 @@ Deviation: the reduced features are centred and divided by *one* scale for all o
 inputs of unit overall spread (the paper normalises only before DR; KPCA or Isomap outputs otherwise
 differ in scale by orders of magnitude).  One scalar keeps the relative spread of the components --
 PCA's ordering by variance, a random projection's geometry -- as the paper's unnormalised outputs do.
-An earlier version range-normalised every reduced feature to [0, 1] again; that blew the
-low-variance tail components (mostly noise) up to the scale of the principal ones, and on digits
-the DR models lost about 2 points of test accuracy to it (PCA and Gaussian RP at ratios 0.75 and
-0.5 on 2 splits: 95.8 % mean vs 97.9 % with one global scale; baseline 98.2 %).
+Range-normalising every reduced feature to [0, 1] instead would blow the low-variance tail
+components (mostly noise) up to the scale of the principal ones: on digits that costs the DR models
+about 2 points of test accuracy (``bench/results/scann/NOTES.md``).
 
 Algorithm 1 (:func:`dr_search`): for every method and every ratio (largest first) reduce the data,
 train the *DR model* -- the baseline MLP with every hidden layer shrunk by the same ratio
@@ -43,8 +42,8 @@ given), the best model when none is -- the paper's DR (M.C.) model: its Table VI
 and M.C. DR columns "employ the same DR method, [but] may use different DR ratios".  DR+SCANN then
 starts SCANN from the most compressed DR model that holds the baseline's accuracy, which is what a
 search for a *compact* network wants (on breast_cancer the DR model at ratio 0.25 is already 11.8x
-smaller than the baseline, and its 10x networks lost less accuracy than those grown from the
-milder ratios' DR models on 45 development splits: SCANN benchmark, round 11).
+smaller than the baseline, and the 10x networks grown from it lose less accuracy than those grown
+from the milder ratios' DR models: ``bench/results/scann/NOTES.md``).
 
 This module does not train networks itself: Algorithm 1 takes an ``evaluate(reduced) -> DREval``
 callable, so it runs with any model.

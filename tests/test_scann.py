@@ -29,24 +29,31 @@ from search_spaces.feedforward import (
     synthesis_mutables,
     synthesis_search_space,
 )
+from search_spaces.lenet import ImageScannModel, LeNet5, LeNet5Features
 from strategies.scann import (
     SCHEME_PRESETS,
+    Checkpoint,
     ScannConfig,
     ScannSynthesis,
     TensorData,
+    at_min_ratio,
+    cv_choice,
+    network_cost,
+    pooled_se,
+    seed_network,
+    synthesize,
+    train_mlp,
+)
+from strategies.scann.operations import (
     connection_scores,
     full_growth,
     grow_connections,
     grow_neurons,
     install_mask_hook,
     make_optimizer,
-    network_cost,
     prune_connections,
-    seed_network,
-    synthesize,
-    train_epochs,
-    train_mlp,
 )
+from strategies.training import TensorLoader, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +88,17 @@ def toy_split(seed=0):
     Xva, yva = toy_data(256, 100 + seed)
     Xte, yte = toy_data(256, 200 + seed)
     return TensorData(Xtr, ytr, Xva, yva, Xte, yte)
+
+
+def train(net, opt, data, epochs, generator):
+    loader = TensorLoader(data.X_train, data.y_train, batch_size=64, generator=generator)
+    for _ in range(epochs):
+        train_epoch(net, loader, opt)
+
+
+def optimizer_settings(kind, **kw):
+    """A resolved optimizer config for the operations' own tests."""
+    return ScannConfig.for_scheme("B", baseline_neurons=12, optimizer=kind, **kw)
 
 
 # --------------------------------------------------------------------------- the space
@@ -187,43 +205,61 @@ def test_masks_hold_after_optimizer_steps(kind):
     """Momentum and weight decay must not revive pruned weights; their state is zeroed too."""
     data = toy_split()
     net = random_net(3, groups=(6, 6), keep=1.0, inputs=8, outputs=2)
-    cfg = ScannConfig(optimizer=kind, lr=0.05, momentum=0.9 if kind == "sgd" else 0.0, weight_decay=1e-2)
+    cfg = optimizer_settings(kind, lr=0.05, momentum=0.9 if kind == "sgd" else 0.0, weight_decay=1e-2)
     opt = make_optimizer(net, cfg)
     g = torch.Generator().manual_seed(0)
-    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)  # state everywhere
+    train(net, opt, data, 1, g)  # state everywhere
     install_mask_hook(opt, net)
     prune_connections(net, fraction=0.7, optimizer=opt)
     dormant = ~net.mask
     assert dormant.any()
-    train_epochs(net, opt, data.X_train, data.y_train, epochs=2, batch_size=64, generator=g)
+    train(net, opt, data, 2, g)
     assert torch.count_nonzero(net.weight.detach()[dormant]) == 0
     for value in opt.state[net.weight].values():
         if torch.is_tensor(value) and value.shape == dormant.shape:
             assert torch.count_nonzero(value[dormant]) == 0
 
 
-def test_without_the_hook_momentum_revives_pruned_weights():
-    """Control for the test above: the masks need the hook."""
+def _revived_pruned_weights(kind, hook):
+    """A synthesis's weights and optimizer state at the positions a mask change made dormant, after
+    one more epoch; the change bypasses prune_connections' own clean-up, so only the step hook
+    (``hook``: the synthesis's own; else removed) can zero them."""
     data = toy_split()
     net = random_net(3, groups=(6, 6), keep=1.0, inputs=8, outputs=2)
-    opt = make_optimizer(net, ScannConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-2))
-    g = torch.Generator().manual_seed(0)
-    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)
+    cfg = optimizer_settings(kind, lr=0.05, momentum=0.9 if kind == "sgd" else 0.0, weight_decay=1e-2)
+    synth = ScannSynthesis(net, cfg, data, seed=0)
+    if not hook:
+        synth._hook.remove()
+    synth._train(1, "seed")  # momentum buffers / Adam moments everywhere
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        dormant = torch.rand(net.mask.shape, generator=g) < 0.5
+        dormant = (torch.rand(net.mask.shape, generator=g) < 0.5) & net.mask
         net.mask &= ~dormant
-        net.apply_mask_()
-    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)
-    assert torch.count_nonzero(net.weight.detach()[dormant & net.allowed()]) > 0
+    synth._train(1, "recovery")
+    state = [v[dormant] for v in synth.optimizer.state[net.weight].values()
+             if torch.is_tensor(v) and v.shape == dormant.shape]
+    return net.weight.detach()[dormant], state
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_the_synthesis_re_masks_weights_and_optimizer_state_after_every_step(kind):
+    """Dormant weights and their momentum / Adam moments are zero after every step of the
+    synthesis's optimizer (its mask hook), so neither momentum nor weight decay revives a pruned
+    weight and a regrown one starts from zero; without the hook they are not."""
+    weights, state = _revived_pruned_weights(kind, hook=True)
+    assert weights.numel() > 0 and torch.count_nonzero(weights) == 0
+    assert state and all(torch.count_nonzero(s) == 0 for s in state)
+    weights, state = _revived_pruned_weights(kind, hook=False)  # control: the test sees the hook
+    assert torch.count_nonzero(weights) > 0 and all(torch.count_nonzero(s) > 0 for s in state)
 
 
 def test_connection_growth_takes_largest_gradients_and_resets_state():
     data = toy_split()
     net = random_net(4, groups=(5, 5), keep=1.0, inputs=8, outputs=2)
-    opt = make_optimizer(net, ScannConfig(optimizer="adam", lr=1e-2))
+    opt = make_optimizer(net, optimizer_settings("adam", lr=1e-2))
     install_mask_hook(opt, net)
     g = torch.Generator().manual_seed(0)
-    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)
+    train(net, opt, data, 1, g)
     prune_connections(net, fraction=0.6, optimizer=opt)
     before = net.mask.clone()
     kept_state = opt.state[net.weight]["exp_avg"][before].clone()
@@ -248,10 +284,10 @@ def test_connection_growth_takes_largest_gradients_and_resets_state():
 def test_neuron_growth_duplicates_most_active_neurons():
     data = toy_split()
     net = random_net(5, groups=(4, 4), keep=0.8, inputs=8, outputs=2)
-    opt = make_optimizer(net, ScannConfig(optimizer="sgd", lr=0.01, momentum=0.9))
+    opt = make_optimizer(net, optimizer_settings("sgd", lr=0.01, momentum=0.9))
     install_mask_hook(opt, net)
     g = torch.Generator().manual_seed(0)
-    train_epochs(net, opt, data.X_train, data.y_train, epochs=1, batch_size=64, generator=g)
+    train(net, opt, data, 1, g)
     _, act = net.forward_hidden(data.X_train)
     top = torch.topk(act.mean(0), 2).indices.tolist()
     old_w, old_m = net.weight.detach().clone(), net.mask.clone()
@@ -331,6 +367,31 @@ def test_toy_problem_finds_the_two_relevant_inputs():
     assert best.connections <= 12
 
 
+def test_the_trial_config_is_the_synthesis_config_plus_the_trial_keys():
+    """ScannTrialConfig reuses ScannConfig's fields (None: the scheme's preset or the data kind's
+    training default, resolved for the synthesis); choices are typed, so a bad one names its key."""
+    import typing
+
+    from search_spaces.feedforward import SCHEMES
+    from strategies.scann.config import Scheme
+
+    assert issubclass(ScannTrialConfig, ScannConfig) and typing.get_args(Scheme) == SCHEMES
+    cfg = build_config(ScannTrialConfig, {"dataset": "breast_cancer", "scheme": "A", "lr": 0.02})
+    scfg = cfg.scann_config(50)
+    assert type(scfg) is ScannConfig and scfg.resolved and not ScannConfig().resolved
+    assert (scfg.initial_neurons, scfg.max_neurons, scfg.initial_prune, scfg.prune_fraction) == (30, 50, 0.95, 0.25)
+    assert (scfg.optimizer, scfg.lr, scfg.weight_decay, scfg.epochs_per_op, scfg.initial_epochs) == \
+        ("adam", 0.02, 1e-4, 10, 20)  # Sec. 4.2's Adam, our lr; A and B train their fresh seed first
+    image = build_config(ScannTrialConfig, {"dataset": "mnist5k"}).scann_config(500)
+    assert (image.optimizer, image.lr, image.momentum, image.epochs_per_op, image.initial_epochs) == \
+        ("sgd", 0.03, 0.9, 1, 0)  # Sec. 4.1; Scheme C starts from the trained baseline
+    assert ScannConfig.for_scheme("A", baseline_neurons=500, initial_neurons=600).max_neurons == 600
+    for key, bad in (("select", "smallest"), ("optimizer", "rmsprop"), ("recovery_schedule", "step")):
+        one_line_user_error(lambda: build_config(ScannTrialConfig, {key: bad}), f"{key}: '{bad}' is not one of")
+    with pytest.raises(ValueError, match="resolved config"):
+        ScannSynthesis(random_net(), ScannConfig(), toy_split())
+
+
 @pytest.mark.parametrize("scheme", ["A", "C"])
 def test_schemes_run_and_keep_their_shape(scheme):
     data = toy_split(1)
@@ -378,7 +439,7 @@ def test_recovery_lr_applies_to_the_training_after_pruning_only(schedule):
     assert {lr for what, lr in seen if what != "prune"} == {1e-2}  # seed and full growth
     assert synth.optimizer.param_groups[0]["lr"] == 1e-2
     one_line_user_error(lambda: ScannConfig(recovery_lr=0.0), "recovery_lr")
-    one_line_user_error(lambda: ScannConfig(recovery_schedule="step"), "recovery_schedule")
+    one_line_user_error(lambda: build_config(ScannConfig, {"recovery_schedule": "step"}), "recovery_schedule")
 
 
 def test_scann_weight_decay_applies_to_the_synthesis_only():
@@ -412,10 +473,12 @@ def test_epoch_plan_replays_the_epochs_validation_chose(monkeypatch):
     plan = [r["epoch"] for r in chosen.history]
     assert all(1 <= e <= 4 for e in plan)
     replay = fresh(epoch_plan=plan)
-    import strategies.scann as strat
+    import strategies.scann.networks as networks
+    import strategies.scann.synthesis as synthesis
 
-    calls, real = [], strat.evaluate
-    monkeypatch.setattr(strat, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, real = [], synthesis.evaluate
+    for module in (synthesis, networks):
+        monkeypatch.setattr(module, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     for _ in range(cfg.iterations + 1):
         n = len(calls)
         replay.step()
@@ -711,24 +774,23 @@ def test_cv_choice_one_pooled_criterion_not_a_57_sample_veto():
     more than ``tolerance`` of the pooled predictions is still refused."""
     from types import SimpleNamespace
 
-    from experiments.methods.scann import _cv_choice
-    from strategies.scann import Checkpoint
-
     def ck(i, params, val):
         return Checkpoint(i, val, None, params, params, 2 * params, 1, 1, {})
 
     folds = [{"fold": f, "n": n, "baseline_acc": 0.98, "acc": accs, "params": [400, 100, 40]}
              for f, (n, accs) in enumerate([(228, [0.98, 0.98, 0.96]), (227, [0.98, 0.98, 0.96])])]
     synth = SimpleNamespace(checkpoints=[ck(0, 400, 1.0), ck(1, 100, 56 / 57), ck(2, 40, 1.0)])
-    cfg = SimpleNamespace(tolerance=0.005)
-    chosen, met, rows, base = _cv_choice(cfg, synth, folds, reference_acc=1.0, n_val=57)
+    chosen, met, rows, base = cv_choice(synth.checkpoints, folds, reference_acc=1.0, n_val=57, tolerance=0.005)
     assert met and chosen.iteration == 1  # one pooled prediction of 512 = 0.2 points < 0.5
     assert base == pytest.approx((0.98 * 455 + 57) / 512)
     assert [r["eligible"] for r in rows] == [1, 1, 0]  # iteration 2: -2 points out-of-fold
     assert rows[1]["cv_acc"] == pytest.approx((0.98 * 455 + 56) / 512)
-    cfg.tolerance = 0.001  # tighter than one pooled prediction: the one extra validation error counts
-    chosen, met, rows, _ = _cv_choice(cfg, synth, folds, reference_acc=1.0, n_val=57)
+    # tighter than one pooled prediction: the one extra validation error counts
+    chosen, met, rows, _ = cv_choice(synth.checkpoints, folds, reference_acc=1.0, n_val=57, tolerance=0.001)
     assert met and chosen.iteration == 0 and [r["eligible"] for r in rows] == [1, 0, 0]
+    # the pooled gap's standard error: sd / sqrt(k) for equal shares (Hastie et al., ESL 7.10)
+    gaps = [0.01, -0.02, 0.0, 0.03]
+    assert pooled_se(gaps, [0.25] * 4) == pytest.approx(np.std(gaps, ddof=1) / 2)
 
 
 def _csv(tmp_path, text, name="data.csv"):
@@ -840,8 +902,6 @@ def test_nested_choices_are_flattened_and_clashes_are_errors():
 
 def test_image_mode_lenet5_on_mnist5k(tmp_path):
     """LeNet-5 (Caffe) baseline, frozen convolutions, SCANN on the fully connected part."""
-    from strategies.scann import ImageScannModel, LeNet5
-
     assert cost.count_params(LeNet5()) == 431_080  # 520 + 25,050 + 400,500 + 5,010 (paper: 430.5K)
     nni_bridge._reset_for_tests()
     cfg = build_config(ScannTrialConfig, dict(dataset="mnist5k", limit=300, conv_epochs=1, iterations=1,
@@ -853,10 +913,7 @@ def test_image_mode_lenet5_on_mnist5k(tmp_path):
     assert summary["params"] == summary["fc_params"] + 520 + 25_050
     assert summary["connections"] <= round(0.023 * 405_000)  # Scheme C keeps 2.3% of the FC weights
     arch = json.loads((tmp_path / "run" / "arch.json").read_text())
-    from search_spaces.feedforward import PrunedFeedForward as P
-    from strategies.scann import LeNet5Features
-
-    model = ImageScannModel(LeNet5Features(), P(arch["num_inputs"], arch["pruned_shapes"]))
+    model = ImageScannModel(LeNet5Features(), PrunedFeedForward(arch["num_inputs"], arch["pruned_shapes"]))
     model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
@@ -894,16 +951,13 @@ def test_min_ratio_counts_the_fully_connected_part_in_image_mode():
     SCANN's); ties in size go to the better validation accuracy."""
     from types import SimpleNamespace
 
-    from experiments.methods.scann import _at_min_ratio
-
     cks = [SimpleNamespace(iteration=i, params=p, val_acc=v)
            for i, (p, v) in enumerate([(1300, 0.99), (420, 0.98), (395, 0.97), (395, 0.975), (340, 0.9)])]
-    image = {"mode": "image", "conv_params": 300, "baseline": {"fc_params": 1000, "params": 1300}}
-    ck, met = _at_min_ratio(cks, 10.0, image)  # FC parts 1000, 120, 95, 95, 40: 95 is the first >= 10x
+    # FC parts 1000, 120, 95, 95, 40: 95 is the first >= 10x
+    ck, met = at_min_ratio(cks, 10.0, baseline_params=1000, fixed_params=300)
     assert met and ck.iteration == 3
-    tabular = {"mode": "tabular", "baseline": {"params": 1300}}
-    assert _at_min_ratio(cks, 3.0, tabular)[0].iteration == 1  # 1300 / 420 = 3.1x
-    ck, met = _at_min_ratio(cks, 100.0, tabular)
+    assert at_min_ratio(cks, 3.0, baseline_params=1300)[0].iteration == 1  # 1300 / 420 = 3.1x
+    ck, met = at_min_ratio(cks, 100.0, baseline_params=1300)
     assert not met and ck.iteration == 4
 
 
