@@ -1,7 +1,8 @@
 """``python -m analysis <folder> [--out DIR]``: tables and plots for a run or a study.
 
 ``<folder>`` is a run folder, an NNI experiment folder or any folder with run folders below
-it.  Writes PNG + CSV files into ``<folder>/analysis/`` (or ``--out``), prints the tables
+it.  For an experiment on NNI's remote training service the run folders are first brought home
+from its SSH hosts (:mod:`analysis.remote`; a host that cannot be reached is named in one line).  Writes PNG + CSV files into ``<folder>/analysis/`` (or ``--out``), prints the tables
 and the paths written.  A bad path or a folder without runs: one ``error:`` line, exit 2.
 """
 from __future__ import annotations
@@ -27,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"no such folder: {folder}")
     if not folder.is_dir():
         return _error(f"not a folder: {folder}")
+
+    from .remote import fetch_run_folders, is_remote_experiment
+
+    if is_remote_experiment(folder):   # the run folders are on the SSH hosts: bring them home first
+        fetched = fetch_run_folders(folder)
+        for line in fetched.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        print(f"fetched {len(fetched.trials)} run folder(s) from the experiment's hosts")
 
     import matplotlib
 

@@ -19,6 +19,15 @@ TERMINAL = {"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPP
 
 
 def _main(argv: list[str]) -> int:
+    from .launch import NnictlError
+
+    try:
+        return _demo(argv)
+    except NnictlError as exc:   # one line (the manager's log is in the experiment folder)
+        raise UserError(str(exc).splitlines()[0]) from None
+
+
+def _demo(argv: list[str]) -> int:
     import yaml
     from tqdm.auto import tqdm
 
@@ -30,10 +39,19 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=None, help="web UI port (default: 8080, or a free one)")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--stop", action="store_true", help="stop the experiment (and its web UI) at the end")
+    p.add_argument("--hosts", help="run on NNI's remote training service: a host overlay "
+                                   "(trainingService with machineList, see experiments/configs/remote.yml)")
     args = p.parse_args(argv)
     config_path = Path(args.config)
     if not config_path.is_file():
         raise UserError(f"config file not found: {config_path}")
+    config: dict | Path = config_path
+    if args.hosts:
+        from .remote import apply_overlay, check_hosts, load_yaml
+
+        config = apply_overlay(load_yaml(config_path), load_yaml(args.hosts), config_dir=config_path.resolve().parent)
+        for line in check_hosts(config["trainingService"]):   # before any progress bar: one clean line
+            print(line)
     total = int(yaml.safe_load(config_path.read_text()).get("maxTrialNumber", 0)) or None
     port = args.port or _port_or_free(8080, free_port)
     bar = tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True)
@@ -49,7 +67,8 @@ def _main(argv: list[str]) -> int:
         bar.set_postfix(running=running, refresh=False)
         bar.refresh()
 
-    with run_experiment(config_path, tmp_path=args.workdir, port=port, timeout=args.timeout, isolate_home=False,
+    with run_experiment(config, tmp_path=args.workdir, port=port, timeout=args.timeout, isolate_home=False,
+                        check_hosts=False,
                         on_start=on_start, on_poll=on_poll, keep_running=not args.stop) as run:
         bar.n = bar.total or bar.n
         bar.close()

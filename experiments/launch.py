@@ -63,10 +63,25 @@ def nnictl_executable() -> str:
 
 
 def free_port() -> int:
-    """A free TCP port (NNI needs only one for the local training service)."""
+    """A free TCP port ``P`` whose neighbour ``P + 1`` is free too: NNI's REST server takes ``P``, and
+    the remote training service in reuse mode opens its command channel on ``P + 1``
+    (``nni_node/training_service/reusable/channels/webCommandChannel.js``)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 65535 and _port_free(port + 1):
+            return port
+    raise NnictlError("no free pair of TCP ports found for the NNI manager")
+
+
+def _port_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -141,13 +156,30 @@ class ExperimentRun:
         self.metrics = self.get("/metric-data") or []
 
     def trial_output_dir(self, trial_job_id: str) -> Path:
-        """``$NNI_OUTPUT_DIR`` of a trial (local training service)."""
+        """``$NNI_OUTPUT_DIR`` of a trial (local training service), or its run folder brought home
+        from a remote host (:meth:`fetch`, ``<experiment>/trials/<id>``)."""
+        fetched = self.experiment_dir / "trials" / trial_job_id
+        if (fetched / "config.json").is_file():
+            return fetched
         for job in self.trial_jobs:
             if job.get("trialJobId") == trial_job_id and job.get("logPath"):
                 path = Path(str(job["logPath"]).split("://", 1)[-1])
                 if path.is_dir():
                     return path
         return self.experiment_dir / "environments" / "local-env" / "trials" / trial_job_id
+
+    def fetch(self) -> list[str]:
+        """Remote training service: bring every trial's run folder home (:mod:`analysis.remote`);
+        returns the warning lines (hosts that could not be read)."""
+        from analysis.remote import fetch_run_folders
+
+        return fetch_run_folders(self.experiment_dir).warnings
+
+    def cancel(self, trial_job_id: str) -> None:
+        """End a trial through the REST API, as the web UI's "kill" button does."""
+        req = urllib.request.Request(f"{self.rest_root}/trial-jobs/{trial_job_id}", method="DELETE")
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            _opener.open(req, timeout=10).close()
 
     @property
     def trial_ids(self) -> list[str]:
@@ -252,16 +284,48 @@ def _registry_pid(env: dict[str, str], experiment_id: str) -> int | None:
 
 NO_MORE_TRIAL_SETTLE_S = 12.0
 
+#: nnimanager.log lines of the remote training service after which no trial can start; NNI itself
+#: goes on waiting (microsoft/nni#4072, #5239).
+_REMOTE_FATAL = re.compile(r"ERROR \((?:RemoteV3[.\w]*|RemoteEnvironmentService|TrialDispatcher|NNIManager)\) "
+                           r"(?P<what>.*(?:Cannot find python|SSH command failed|Failed to launch trial keeper|"
+                           r"All configured authentication methods failed|ECONNREFUSED|EHOSTUNREACH|ETIMEDOUT|"
+                           r"NNI version mismatch|Timed out while waiting for handshake).*)")
+
+
+def _remote_fatal(run: ExperimentRun) -> str | None:
+    path = run.experiment_dir / "log" / "nnimanager.log"
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            m = _REMOTE_FATAL.search(line)
+            if m:
+                return " ".join(m["what"].split())[:300]
+    return None
+
 
 def _wait_done(run: ExperimentRun, timeout: float, poll_s: float,
-               on_poll: Callable[[ExperimentRun, list], None] | None = None) -> None:
+               on_poll: Callable[[ExperimentRun, list], None] | None = None,
+               on_note: Callable[[str], None] | None = None, machines: list[dict] | None = None) -> None:
+    """Poll until the experiment is done; ``machines``: the remote hosts (watched, see HostWatch)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     settled: tuple[float, int] | None = None   # (since when, how many jobs) all listed jobs are finished
+    watch = None
+    if machines:
+        from .remote import HostWatch
+
+        watch = HostWatch(run.experiment_dir / "log" / "nnimanager.log", machines)
     while time.monotonic() < deadline:
         with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
+            jobs = run.get("/trial-jobs") or []
             if on_poll is not None:
-                on_poll(run, run.get("/trial-jobs") or [])
+                on_poll(run, jobs)
+            if watch is not None:
+                # only while nothing has started: later, a lost host's errors are the watch's business
+                fatal = _remote_fatal(run) if all(j.get("status") == "WAITING" for j in jobs) else None
+                if fatal:
+                    raise NnictlError(f"experiment {run.experiment_id}: remote training service failed: {fatal}")
+                for note in watch.poll(jobs, run.cancel):
+                    (on_note or (lambda m: print(m, file=sys.stderr)))(note)
             last = run.get("/check-status")
             status = (last or {}).get("status", "UNKNOWN")
             run.status = status
@@ -344,6 +408,8 @@ def run_experiment(
     on_start: Callable[[ExperimentRun], None] | None = None,
     on_poll: Callable[[ExperimentRun, list], None] | None = None,
     keep_running: bool = False,
+    check_hosts: bool = True,
+    on_note: Callable[[str], None] | None = None,
 ) -> Iterator[ExperimentRun]:
     """Create the experiment, wait until it is done, yield it, and stop it afterwards.
 
@@ -352,9 +418,21 @@ def run_experiment(
     once the manager is up (the demo prints the web UI address), ``on_poll`` at every poll with
     the trial jobs (progress bars).  ``keep_running`` leaves a *successful* experiment running
     after the ``with`` block (so its web UI stays up); on any failure it is always stopped.
+
+    Remote training service (``trainingService.platform: remote``): every host is checked first
+    (:func:`experiments.remote.check_hosts`: a bad host is a one-line ``UserError``), the manager's
+    log is watched while it runs (:class:`experiments.remote.HostWatch`: trials of a host that died
+    are ended, ``on_note`` gets one line per event), and the trials' run folders are brought home
+    into ``<experiment>/trials/<id>`` before the block runs (:meth:`ExperimentRun.fetch`).
     """
     tmp_path = Path(tmp_path)
     config_path, work = _write_config(config, tmp_path)
+    written = yaml.safe_load(config_path.read_text())
+    remote = (written.get("trainingService") or {}).get("platform") == "remote"
+    if remote and check_hosts:
+        from .remote import check_hosts as check
+
+        check(written["trainingService"])   # one-line UserError naming a bad host, before anything starts
     proc_env = _experiment_env(tmp_path, isolate_home, env)
     nnictl = nnictl_executable()
     run: ExperimentRun | None = None
@@ -369,7 +447,8 @@ def run_experiment(
                     raise NnictlError(f"nnictl create failed (exit {code}, attempt {attempt}):\n{output}")
                 if on_start is not None:
                     on_start(run)
-                _wait_done(run, timeout, poll_s, on_poll)
+                _wait_done(run, timeout, poll_s, on_poll, on_note,
+                           machines=written["trainingService"]["machineList"] if remote else None)
                 break
             except NnictlError as exc:
                 if attempt == start_attempts or not any(m in str(exc) for m in _STARTUP_FAILURES):
@@ -377,6 +456,9 @@ def run_experiment(
                 if run is not None:  # half-started: stop it before trying again
                     _stop(run, proc_env)
                     run = None
+        if remote:
+            for note in run.fetch():
+                (on_note or (lambda m: print(m, file=sys.stderr)))(f"warning: {note}")
         yield run
     except BaseException:
         if run is not None:

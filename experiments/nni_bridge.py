@@ -210,6 +210,69 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
+def _rest_root() -> str | None:
+    """The NNI manager's REST root as seen from this trial, or ``None`` (no HTTP command channel).
+
+    Local training service: from the trial's command channel URL (built by the manager's own REST
+    server).  Remote training service (``NNI_PLATFORM=remote``, NNI 3.0's trial keeper on an SSH
+    host): the trial's command channel is the trial keeper's own server on the host, so the root
+    comes from the URL the trial keeper connects back to the manager with, ``managerCommandChannel``
+    in ``<environment>/trial_keeper*/trial_keeper_config.json`` (``ws://<nniManagerIp>:<port>/<prefix>
+    /platform/...``; the trial's ``$NNI_OUTPUT_DIR`` is ``<environment>/trials/<trial id>``).
+    """
+    if os.environ.get("NNI_PLATFORM") == "remote":
+        out = os.environ.get("NNI_OUTPUT_DIR")
+        conf = _trial_keeper_config(Path(out).resolve().parent.parent) if out else None
+        if conf is not None:
+            try:
+                url = json.loads(conf.read_text()).get("managerCommandChannel")
+            except (OSError, ValueError):
+                url = None
+            root = _rest_root_from_manager_channel(url)
+            if root is not None:
+                return root
+    return _rest_root_from_channel(os.environ.get("NNI_TRIAL_COMMAND_CHANNEL"))
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def _trial_keeper_config(environment: Path) -> Path | None:
+    """The config of the trial keeper that started this trial.  Each (re)start of the experiment
+    starts a new keeper in ``trial_keeper``, ``trial_keeper_1``, ... (``nnictl resume``: on a new
+    port): the one whose pid is an ancestor of this process, else the newest."""
+    dirs = sorted(environment.glob("trial_keeper*"),
+                  key=lambda d: int(d.name.rsplit("_", 1)[1]) if d.name.rsplit("_", 1)[-1].isdigit() else 0)
+    mine = _ancestors()
+    for d in dirs:
+        try:
+            if int((d / "trial_keeper.pid").read_text().strip()) in mine:
+                return d / "trial_keeper_config.json"
+        except (OSError, ValueError):
+            continue
+    return dirs[-1] / "trial_keeper_config.json" if dirs else None
+
+
+def _rest_root_from_manager_channel(channel_url: str | None) -> str | None:
+    """``ws://host:port/<prefix>/platform/<service>/<worker>`` -> ``http://host:port/<prefix>/api/v1/nni``."""
+    if not channel_url:
+        return None
+    parts = urlsplit(channel_url)
+    cut = parts.path.rfind("/platform/")
+    if parts.scheme not in ("ws", "wss") or not parts.netloc or cut < 0:
+        return None
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}{parts.path[:cut]}/api/v1/nni"
+
+
 def _rest_root_from_channel(channel_url: str | None) -> str | None:
     """``http://host:port/<prefix>/env/<env>/<trial>`` -> ``http://host:port/<prefix>/api/v1/nni``."""
     if not channel_url:
@@ -267,7 +330,7 @@ def _make_channel_class():
         def receive_parameter(self):
             # Take our record from the shared queue so it stays one record per spawned trial.
             self.queued = self._inner.receive_parameter()
-            rest_root = _rest_root_from_channel(os.environ.get("NNI_TRIAL_COMMAND_CHANNEL"))
+            rest_root = _rest_root()
             if rest_root is None:  # legacy / file-based channel: per-trial parameters, no race
                 self.own, self.source = dict(self.queued or {}), "queue"
                 return self.queued

@@ -16,13 +16,17 @@ step / branch / parent and the resource constraints, into the trial's NNI parame
    ``episode``, ``step``, ``branch``, ``parent``, ``trial`` (web UI columns);
 5. writes its weights back into the sharing dictionary (for each key the better accuracy wins).
 
-The sharing file is ``<run folder>/../epnas_shared.pt`` unless ``share_file`` is given: inside
-nnictl ``<experiment>/trials/epnas_shared.pt``, shared by all trials of the experiment.
+The sharing file is ``<run folder>/../epnas_shared.pt`` unless ``share_file`` is given: on the
+local training service ``<experiment>/environments/local-env/trials/epnas_shared.pt``, shared by
+all trials of the experiment.  Across SSH hosts give ``share_file`` a path every host sees; a
+trial that cannot use the experiment's dictionary says so (``share_ok = 0``, a warning in its log).
 """
 from __future__ import annotations
 
 import math
+import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,8 +97,31 @@ def space_config(cfg: Any) -> SpaceConfig:
                        cells_per_stage=cfg.cells_per_stage, stages=cfg.stages, min_spatial=cfg.min_spatial)
 
 
-def _share_path(cfg: EpnasTrialConfig, ctx: RunContext) -> Path:
-    return Path(cfg.share_file) if cfg.share_file else ctx.run.path.resolve().parent / SHARE_NAME
+def _share_store(cfg: EpnasTrialConfig, ctx: RunContext) -> tuple[SharedWeights | None, int]:
+    """The sharing dictionary this trial uses and whether it is the experiment's (``share_ok``).
+
+    ``share_file`` (a path every host sees: an NFS mount, NNI's ``sharedStorage`` mount point ...)
+    when given; else the file beside the trial's run folder, which is the experiment's only on the
+    local training service.  On NNI's remote service that default is per host (or per trial in
+    reuse mode), and a ``share_file`` whose folder does not exist on this host cannot be the
+    experiment's dictionary: both say so in the log and as ``share_ok = 0`` in the metrics, instead
+    of sharing silently less than asked (an unreachable file: no sharing at all)."""
+    if not cfg.share:
+        return None, 0
+    if cfg.share_file:
+        path = Path(cfg.share_file).expanduser()
+        if not path.parent.is_dir():
+            warnings.warn(f"parameter sharing: {path.parent} does not exist on this host; this trial shares "
+                          "nothing (share_ok=0): share_file must be a path every host sees", RuntimeWarning,
+                          stacklevel=2)
+            return None, 0
+        return SharedWeights(path), 1
+    if os.environ.get("NNI_PLATFORM") == "remote":
+        warnings.warn("parameter sharing: no share_file on NNI's remote training service, so only this "
+                      "host's trials share weights (share_ok=0); set share_file to a path every host sees",
+                      RuntimeWarning, stacklevel=2)
+        return SharedWeights(ctx.run.path.resolve().parent / SHARE_NAME), 0
+    return SharedWeights(ctx.run.path.resolve().parent / SHARE_NAME), 1
 
 
 def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
@@ -107,7 +134,7 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
     model = build_network(arch, space, input_shape=splits.input_shape, num_classes=splits.num_classes)
     cost = arch_cost(arch, space, splits.input_shape, splits.num_classes)
     lr = cfg.lr * cfg.batch_size / cfg.batch_ref  # keep LR / batch size constant (Smith et al. 2018)
-    store = SharedWeights(_share_path(cfg, ctx)) if cfg.share else None
+    store, share_ok = _share_store(cfg, ctx)
     if "shared_loaded" not in ctx.state:
         ctx.state["shared_loaded"] = store.load_into(model) if store is not None else 0
     model.to(device)
@@ -151,6 +178,7 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "action": cfg.action,
         "layers": len(arch.get("layers", arch.get("branches", []))),
         "shared_loaded": shared_loaded,
+        "share_ok": share_ok,
         "shared_written": shared_written,
         "epochs_trained": cfg.stop_epoch,
         "train_time_s": proxy.time_s,
