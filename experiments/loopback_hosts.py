@@ -149,6 +149,7 @@ def loopback_hosts(n: int, *, root: str | os.PathLike) -> contextlib.AbstractCon
             raise HostsUnavailable(f"{SSHD} not found (apt-get install openssh-server)")
         if os.geteuid() != 0:
             raise HostsUnavailable("loopback SSH hosts need root (useradd)")
+        _remove_stale_users()
         tag = secrets.token_hex(2)
         hosts = [LoopbackHost(Path(root), i + 1, tag) for i in range(n)]
         try:
@@ -160,6 +161,15 @@ def loopback_hosts(n: int, *, root: str | os.PathLike) -> contextlib.AbstractCon
                 h.stop()
 
     return manage()
+
+
+def _remove_stale_users() -> None:
+    """Users of hosts whose process was killed before it could clean up (their home is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/passwd").read_text().splitlines():
+            name, *_, home, _shell = line.split(":")
+            if name.startswith("cnas-") and not Path(home).exists():
+                subprocess.run(["userdel", "-f", name], capture_output=True)
 
 
 def remote_training_service(hosts: list[LoopbackHost], *, python_path: str | None = None, reuse_mode: bool = False,

@@ -139,14 +139,20 @@ def count_bytes(model: nn.Module, input_shape: Sequence[int] | None = None, *, e
 
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 20, warmup: int = 3) -> float:
-    """Median CPU wall-clock milliseconds of a batch-1 forward (eval mode, no grad)."""
+    """Median wall-clock milliseconds of a batch-1 forward (eval mode, no grad) on the model's device.
+
+    CUDA kernels run asynchronously: each timed forward is bracketed by ``torch.cuda.synchronize``,
+    so the time is the kernels' and not only their launch."""
     x = _example(input_shape, device=_device_of(model))
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)
     for _ in range(warmup):
         _forward_eval(model, x)
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         _forward_eval(model, x)
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return float(statistics.median(times))
 
