@@ -356,3 +356,16 @@ def test_analysis_names_a_host_it_cannot_reach(tmp_path, capsys):
     assert analysis_main([str(exp)]) == 0
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
     assert len(err) == 1 and "nobody@127.0.0.1" in err[0]
+
+
+@pytest.mark.slow
+def test_the_demo_config_over_two_hosts(hosts, tmp_path):
+    """The demo's scope study at its own size (experiments/configs/demo.yml + a host overlay), as a
+    user runs it: every trial SUCCEEDED on the hosts and ran what the web UI shows."""
+    overlay = {"trainingService": remote_training_service(hosts, python_path=PYTHON_PATH)}
+    demo = REPO / "experiments" / "configs" / "demo.yml"
+    config = apply_overlay(load_yaml(demo), overlay, config_dir=demo.parent)
+    with run_experiment(config, tmp_path=tmp_path, timeout=3600) as exp:
+        assert exp.succeeded(config["maxTrialNumber"]), exp.log_tail()
+        for tid in exp.trial_ids:
+            assert exp.run_record(tid)["config"]["scope"] == exp.hyper_parameters(tid)["parameters"]["scope"]
