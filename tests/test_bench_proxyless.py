@@ -54,8 +54,15 @@ def test_report_and_outputs(tiny_run, tmp_path):
     assert "target checks" in text and "(d) NNI 3.0 DARTS" in text
     out, png = write_outputs(tiny_run, tmp_path / "b.json")
     data = json.loads(out.read_text())
-    assert set(data["arms"]) == {"reference", "ours", "nni_proxyless", "nni_darts"}
+    assert set(data["arms"]) == {"reference", "ours", "nni_proxyless", "nni_darts", "floor"}
     assert all(a["time_ms"]["total_ms"] > 0 for a in data["arms"].values())
     binding = [c for c in data["checks"] if c["binding"]]
-    assert len(binding) == 3 and png.stat().st_size > 0
-    assert any("arch_every=5" in c["name"] for c in data["checks"])
+    assert len(binding) == 5 and png.stat().st_size > 0
+    assert "ours / floor / limit" in text
+
+
+def test_the_floor_arm_leaves_out_only_the_inactive_forward(tiny_run):
+    """Same saved activations as ours (the inactive path never saves any), less arch time."""
+    arms = tiny_run["arms"]
+    assert arms["floor"]["saved_bytes"]["arch"] == arms["ours"]["saved_bytes"]["arch"]
+    assert any("arch_every=5" in c["name"] for c in tiny_run["checks"])
