@@ -52,6 +52,8 @@ __all__ = [
     "build_compact",
     "compact_arch",
     "full_arch",
+    "put_",
+    "take",
 ]
 
 BN_EPS = 1e-5
@@ -269,15 +271,19 @@ class Plan:
     relaxed_plain: bool = True
 
 
-def _forward_graph(layout: Layout, x: torch.Tensor, conv: Callable[[ConvSpec, torch.Tensor], torch.Tensor],
+def _forward_graph(layout: Layout, x: torch.Tensor,
+                   conv: Callable[[ConvSpec, torch.Tensor, object], torch.Tensor],
                    gate: Callable[[UnitSpec], object], head: Callable[[torch.Tensor], torch.Tensor],
                    relaxed_plain: bool) -> torch.Tensor:
     """The one forward both the growable and the compact network use (so export is exact).
 
     ``gate(unit)`` returns ``"skip"`` (not computed), ``None`` (always on / folded) or a multiplier.
+    ``conv(spec, x, z)`` runs one conv + BatchNorm; ``z`` is the multiplier of a residual unit for
+    its last conv (``None`` elsewhere), which the conv folds into its BatchNorm affine
+    (``BN(y; gamma*z, beta*z) = z * BN(y; gamma, beta)``) instead of scaling the activation.
     """
     for c in layout.stem:
-        x = F.relu(conv(c, x))
+        x = F.relu(conv(c, x, None))
     if layout.stem_pool:
         x = F.max_pool2d(x, 3, stride=2, padding=1)
     for u in layout.units:
@@ -289,19 +295,40 @@ def _forward_graph(layout: Layout, x: torch.Tensor, conv: Callable[[ConvSpec, to
             continue
         if u.kind in ("basic", "bottleneck"):
             out = x
+            last = len(u.convs) - 1
             for i, c in enumerate(u.convs):
-                out = conv(c, out)
-                if i < len(u.convs) - 1:
+                out = conv(c, out, z if i == last else None)
+                if i < last:
                     out = F.relu(out)
-            sc = x if u.shortcut is None else conv(u.shortcut, x)
-            if z is not None:
-                out = out * z
+            sc = x if u.shortcut is None else conv(u.shortcut, x, None)
             x = F.relu(sc + out)
         else:
-            out = F.relu(conv(u.convs[0], x))
+            out = F.relu(conv(u.convs[0], x, None))
             x = out if (z is None or not relaxed_plain) else z * out + (1 - z) * x
     x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
     return head(x)
+
+
+def take(t: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
+    """The dense block ``t[rows][:, cols]`` (``None``: every row / column), a copy."""
+    if rows is not None:
+        t = t.index_select(0, rows)
+    if cols is not None:
+        t = t.index_select(1, cols)
+    return t.clone() if rows is None and cols is None else t
+
+
+@torch.no_grad()
+def put_(t: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None, block: torch.Tensor) -> None:
+    """Write ``block`` back where :func:`take` read it: ``t[rows][:, cols] = block``."""
+    if rows is None and cols is None:
+        t.copy_(block)
+    elif cols is None:
+        t.index_copy_(0, rows, block)
+    elif rows is None:
+        t.index_copy_(1, cols, block)
+    else:
+        t[rows[:, None], cols[None, :]] = block
 
 
 class GrowableNet(nn.Module):
@@ -313,6 +340,13 @@ class GrowableNet(nn.Module):
     In ``train()`` mode it runs ``self.plan`` (set by the strategy per step); in ``eval()`` mode
     (or with no plan) the deterministic network: filters and units with ``s > 0``, multiplied by
     ``sigmoid(beta * s)`` - exactly what :meth:`export` turns into a dense :class:`CompactNet`.
+
+    A sampled plan in ``train()`` mode runs as a dense compact network: each computed layer's
+    weights are copied out (:func:`take`) into leaf tensors of the sampled widths, which are all
+    autograd sees (``live``: name -> ``(rows, cols, leaf)``), so gradients - and the strategy's
+    optimizer state, read and written through the same ``rows, cols`` - exist only for what ran;
+    :meth:`write_back` puts the updated blocks back.  The multipliers are folded into BatchNorm's
+    affine (per channel) rather than applied to the activations.
     """
 
     def __init__(self, layout: Layout, *, mask_init: float = 2.0, mask_spread: float = 0.5):
@@ -359,6 +393,8 @@ class GrowableNet(nn.Module):
         self.used: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         # per computed layer: (kind, input shape, weight shape, stride, padding, input needs grad)
         self.shapes: dict[str, tuple] = {}
+        self.live: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]] = {}
+        self._sampled = False
 
     # ---- accessors --------------------------------------------------------------------------
     def beta_chan(self, g: str) -> torch.Tensor:
@@ -399,37 +435,56 @@ class GrowableNet(nn.Module):
         return plan
 
     # ---- forward ----------------------------------------------------------------------------
-    def _conv(self, plan: Plan, c: ConvSpec, x: torch.Tensor) -> torch.Tensor:
+    def _param(self, name: str) -> nn.Parameter:
+        """A weight parameter by its ``named_parameters`` name (``weight.<conv>``, ``head.bias`` ...)."""
+        owner, _, key = name.partition(".")
+        return getattr(self.head, key) if owner == "head" else getattr(self, owner)[key]
+
+    def _block(self, name: str, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
+        """Parameter ``name``'s block of the computed rows / columns: a leaf in a sampled training
+        step (recorded in ``live``), else a gather autograd runs through."""
+        full = self._param(name)
+        if not self._sampled:
+            return take(full, rows, cols)
+        with torch.no_grad():
+            leaf = take(full, rows, cols)
+        leaf.requires_grad_(True)
+        self.live[name] = (rows, cols, leaf)
+        return leaf
+
+    def _conv(self, plan: Plan, c: ConvSpec, x: torch.Tensor, z) -> torch.Tensor:
         out_idx = plan.idx[c.cout]
         in_idx = None if c.cin == INPUT else plan.idx[c.cin]
         self.used[c.name] = (out_idx, in_idx)
-        w = self.weight[c.name].index_select(0, out_idx)
-        if in_idx is not None:
-            w = w.index_select(1, in_idx)
+        w = self._block(f"weight.{c.name}", out_idx, in_idx)
         self.shapes[c.name] = ("conv", tuple(x.shape[1:]), tuple(w.shape), c.stride, c.kernel // 2,
                                bool(x.requires_grad))
         y = F.conv2d(x, w, stride=c.stride, padding=c.kernel // 2)
+        scale = plan.mult[c.cout] if z is None else plan.mult[c.cout] * z
+        gamma = self._block(f"bn_weight.{c.name}", out_idx, None) * scale
+        beta = self._block(f"bn_bias.{c.name}", out_idx, None) * scale
         rm_full, rv_full = getattr(self, f"rm_{c.name}"), getattr(self, f"rv_{c.name}")
         rm, rv = rm_full[out_idx], rv_full[out_idx]   # copies: the stats of the computed filters only
         training = self.training
-        y = F.batch_norm(y, rm, rv, self.bn_weight[c.name][out_idx], self.bn_bias[c.name][out_idx],
-                         training=training, momentum=BN_MOMENTUM, eps=BN_EPS)
+        y = F.batch_norm(y, rm, rv, gamma, beta, training=training, momentum=BN_MOMENTUM, eps=BN_EPS)
         if training and not self.freeze_bn_stats:
             with torch.no_grad():
                 rm_full[out_idx] = rm
                 rv_full[out_idx] = rv
-        return y * plan.mult[c.cout].view(1, -1, 1, 1)
+        return y
 
     def _head(self, plan: Plan, x: torch.Tensor) -> torch.Tensor:
         idx = plan.idx[self.layout.head]
         self.used["head"] = (None, idx)
         self.shapes["head"] = ("linear", (int(idx.numel()),), (self.head.out_features, int(idx.numel())), 1, 0,
                                bool(x.requires_grad))
-        return F.linear(x, self.head.weight.index_select(1, idx), self.head.bias)
+        return F.linear(x, self._block("head.weight", None, idx), self._block("head.bias", None, None))
 
-    def run_plan(self, plan: Plan, x: torch.Tensor) -> torch.Tensor:
+    def run_plan(self, plan: Plan, x: torch.Tensor, *, sampled: bool = False) -> torch.Tensor:
         self.used = {}
         self.shapes = {}
+        self.live = {}
+        self._sampled = sampled
 
         def gate(u: UnitSpec):
             if not u.growable:
@@ -437,39 +492,24 @@ class GrowableNet(nn.Module):
             z = plan.units[u.name]
             return "skip" if z is None else z
 
-        return _forward_graph(self.layout, x, lambda c, t: self._conv(plan, c, t), gate,
+        return _forward_graph(self.layout, x, lambda c, t, z: self._conv(plan, c, t, z), gate,
                               lambda t: self._head(plan, t), plan.relaxed_plain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plan = self.plan if (self.training and self.plan is not None) else self._det_mult(self.deterministic_plan())
-        return self.run_plan(plan, x)
+        if self.training and self.plan is not None:
+            return self.run_plan(self.plan, x, sampled=True)
+        return self.run_plan(self._det_mult(self.deterministic_plan()), x)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Put the ``live`` blocks (updated by the strategy) back into the full parameters."""
+        for name, (rows, cols, leaf) in self.live.items():
+            put_(self._param(name), rows, cols, leaf)
+        self.live = {}
 
     # ---- structure --------------------------------------------------------------------------
     def active_units(self, plan: Plan) -> set[str]:
         return {u.name for u in self.layout.units if u.convs and (not u.growable or plan.units[u.name] is not None)}
-
-    def used_masks(self) -> dict[str, torch.Tensor]:
-        """name -> bool mask of the weight entries the last forward computed (optimizer state and
-        weight decay follow only those: a detached structure keeps its weights)."""
-        masks: dict[str, torch.Tensor] = {}
-        for name, (o, i) in self.used.items():
-            if name == "head":
-                m = torch.zeros_like(self.head.weight, dtype=torch.bool)
-                m[:, i] = True
-                masks["head.weight"] = m
-                masks["head.bias"] = torch.ones_like(self.head.bias, dtype=torch.bool)
-                continue
-            w = self.weight[name]
-            rows = torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
-            rows[o] = True
-            cols = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
-            if i is not None:
-                cols = torch.zeros(w.shape[1], dtype=torch.bool, device=w.device)
-                cols[i] = True
-            masks[f"weight.{name}"] = (rows[:, None] & cols[None, :])[:, :, None, None]
-            masks[f"bn_weight.{name}"] = rows
-            masks[f"bn_bias.{name}"] = rows
-        return masks
 
     @torch.no_grad()
     def export(self) -> tuple["CompactNet", dict]:
@@ -587,7 +627,7 @@ class CompactNet(nn.Module):
         def gate(u: UnitSpec):
             return None if u.name in self.active else "skip"
 
-        return _forward_graph(self.layout, x, lambda c, t: self.convs[c.name](t), gate, self.head, False)
+        return _forward_graph(self.layout, x, lambda c, t, _z: self.convs[c.name](t), gate, self.head, False)
 
 
 def build_compact(arch: Mapping) -> CompactNet:

@@ -8,8 +8,8 @@ Paper: "Growing Efficient Deep Networks by Structured Continuous Sparsification"
   ``sigmoid(beta * s)`` (``relax="sigmoid"``, default) or as a binary gumbel/concrete sample
   ``sigmoid(beta * s + logistic noise)`` (``relax="gumbel"``).
 * **Any-time sparsification** (Eq. 6): every step each structure's indicator ``q`` is drawn from
-  ``Bernoulli(sigmoid(beta * s))`` and only sampled filters/units are computed (the network
-  gathers them), multiplied by their relaxed value so ``s`` gets the loss gradient.
+  ``Bernoulli(sigmoid(beta * s))`` and only sampled filters/units are computed (see *Real
+  savings*), multiplied by their relaxed value so ``s`` gets the loss gradient.
   ``sampling="random"`` is the paper's random baseline (Table 5): ``q ~ Bernoulli(random_prob)``.
 * **Structure-wise temperature** (Eq. 7): ``beta_i = beta0 * gamma ** t_i`` with a counter
   ``t_i`` per structure that advances only in steps where the structure was sampled and computed
@@ -19,27 +19,44 @@ Paper: "Growing Efficient Deep Networks by Structured Continuous Sparsification"
   the text, 100 is our choice).
 * **Budget-aware growing** (Eq. 4): every ``budget_every`` steps, ``lambda = lambda_base * du``
   with ``du = target sparsity - current sparsity`` of the deterministic network (params by
-  default, or FLOPs), measured with :mod:`search_spaces.cost` on the exported compact network.
+  default, or FLOPs) of its compact form (see *Budget bookkeeping*).
   While the network is sparser than the budget ``du < 0`` and the penalty makes it grow.
   Penalty: ``lambda_chan * sum sigmoid(beta*s_chan) + lambda_unit * sum sigmoid(beta*s_unit)``.
 * **Optimisation** (Sec. 4.1/4.2): weights SGD lr 0.1, momentum 0.9, weight decay 5e-4 (value lost
-  in our copy; the CIFAR ResNet/VGG standard), step decay x0.1 at 50% and 75% of the epochs
-  (the baselines' schedule); mask weights SGD with the same lr schedule and momentum, no decay.
+  in our copy; the CIFAR ResNet/VGG standard); the learning-rate schedule is the one of the
+  baseline the grown network is compared with ("the same hyperparameters used to train the
+  corresponding unpruned baseline models"): ``lr_schedule="step"`` (default), x0.1 at 50% and
+  75% of the epochs as the paper's CIFAR baselines (A.3), or ``"cosine"`` (per step, to 0) where
+  the baseline is trained so (the compact-search survey); mask weights SGD with the same schedule
+  and momentum, no decay.
   ``lambda_chan`` 0.5 when only channels grow (4.1), ``lambda_chan, lambda_unit`` = 1.0, 0.1 when
   layers grow too (4.2).
-* **Real savings**: the weight update is a *masked* SGD: only entries computed this step get
-  weight decay, momentum and updates; the momentum buffers of the others are kept.  A detached
-  structure therefore keeps its weights (and optimizer state) and returns to them when it comes
-  back; BatchNorm running statistics are updated only for computed filters (the network does
-  this).  Training FLOPs are counted with :func:`search_spaces.cost.count_train_flops` on what the
-  step ran: per computed layer on its gathered shapes (:func:`layer_train_flops`; a test checks
-  the sum against counting the whole network on the same plan).
+* **Real savings**: a step computes only the sampled filters and units, as a dense network of
+  the sampled widths: every computed layer's weights are copied out as leaf tensors of those
+  widths (:class:`search_spaces.growth_spaces.GrowableNet`), so the backward pass, the gradients
+  and the SGD update (momentum, weight decay; ``torch._foreach`` over the blocks) exist only for
+  them; the updated blocks and their momentum are written back.  A detached structure therefore
+  keeps its weights and optimizer state untouched and returns to them when it comes back;
+  BatchNorm running statistics are updated only for computed filters.  Training FLOPs are counted
+  with :func:`search_spaces.cost.count_train_flops` on what the step ran: per computed layer on
+  its real shapes (:func:`layer_train_flops`; tests check the sum against torch's FLOP counter
+  around a real step and against a dense network built at the sampled widths).
+* **Budget bookkeeping** is analytic: params and FLOPs are bilinear in the group widths, with
+  per-layer coefficients measured once with the cost model (:class:`strategies.survey.WidthCost`;
+  a test checks them against the cost model on exported networks), so a budget update does not
+  build or profile a network.
+* **Kernel cache**: on CPU, every new layer shape makes oneDNN generate (JIT) and cache new
+  kernels; sampling changes almost every layer's widths every step, which overflows oneDNN's
+  default cache of 1024 kernels and regenerates them all the time.  :func:`enlarge_kernel_cache`
+  raises it; call it before the process runs its first convolution (the growth trial and the
+  benchmarks do).
 * **Initialisation** (Sec. 4.1/4.2): one filter per channel group and one unit per stage active
   (``s = +mask_init``); the others start at ``-mask_init * (1 +- mask_spread)``.
 
 Deviations and choices the paper leaves open: the relaxed multiplier is applied after each
 conv's BatchNorm (before it, BatchNorm would normalise it away and ``s`` would get no loss
-gradient); the random init spread (identical values cross zero in the same step and make the
+gradient), folded into its affine ``gamma, beta`` (the same function, without an extra pass over
+the activations); the random init spread (identical values cross zero in the same step and make the
 budget loop oscillate between "nothing" and "everything"); ``budget_every`` = 10 steps and
 ``mask_init`` = 2 (not given); counters advance by the fraction of an epoch's steps in which a
 structure was sampled; a group always keeps at least one filter (its largest ``s``).
@@ -47,6 +64,7 @@ structure was sampled; a group always keeps at least one filter (its largest ``s
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
@@ -56,11 +74,23 @@ import torch.nn.functional as F
 
 from search_spaces import cost as costmodel
 from search_spaces.errors import UserError
-from search_spaces.growth_spaces import GrowableNet, Plan, build_compact, compact_arch, full_arch
+from search_spaces.growth_spaces import INPUT, GrowableNet, Plan, build_compact, full_arch, put_, take
 
+from .survey import WidthCost
 from .training import check_finite
 
-__all__ = ["GrowthConfig", "GrowthSearch", "step_lr_factor", "masked_sgd_step", "layer_train_flops"]
+__all__ = ["GrowthConfig", "GrowthSearch", "step_lr_factor", "layer_train_flops", "enlarge_kernel_cache"]
+
+KERNEL_CACHE_CAPACITY = 1 << 15
+
+
+def enlarge_kernel_cache(capacity: int = KERNEL_CACHE_CAPACITY) -> None:
+    """Raise oneDNN's primitive (JIT kernel) cache to ``capacity`` unless the environment sets it.
+
+    oneDNN reads ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` once, when the process creates its first
+    primitive, so this only takes effect before the first convolution on CPU (later it is a no-op).
+    """
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(int(capacity)))
 
 _LAYER_FLOPS: dict[tuple, int] = {}
 
@@ -77,15 +107,20 @@ def layer_train_flops(shape: tuple) -> int:
     geometry = (kind, tuple(in_shape[1:]), tuple(w_shape[2:]), stride, padding, needs_grad)
     unit = _LAYER_FLOPS.get(geometry)
     if unit is None:
-        if kind == "conv":
-            layer = nn.Conv2d(1, 1, w_shape[2], stride=stride, padding=padding, bias=False)
-            x = torch.zeros((1, 1, *in_shape[1:]), requires_grad=needs_grad)
-        else:
-            layer = nn.Linear(1, 1)
-            x = torch.zeros((1, 1), requires_grad=needs_grad)
-        unit = costmodel.count_train_flops(layer, x, None, loss_fn=lambda out, _t: out.sum())
+        with torch.random.fork_rng(devices=[]):   # a layer's init must not move the run's RNG
+            unit = _count_unit_layer(kind, in_shape, w_shape, stride, padding, needs_grad)
         _LAYER_FLOPS[geometry] = unit
     return unit * w_shape[0] * w_shape[1]
+
+
+def _count_unit_layer(kind: str, in_shape: tuple, w_shape: tuple, stride: int, padding: int, needs_grad: bool) -> int:
+    if kind == "conv":
+        layer = nn.Conv2d(1, 1, w_shape[2], stride=stride, padding=padding, bias=False)
+        x = torch.zeros((1, 1, *in_shape[1:]), requires_grad=needs_grad)
+    else:
+        layer = nn.Linear(1, 1)
+        x = torch.zeros((1, 1), requires_grad=needs_grad)
+    return costmodel.count_train_flops(layer, x, None, loss_fn=lambda out, _t: out.sum())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +134,7 @@ class GrowthConfig:
     weight_lr: float = 0.1
     weight_momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_schedule: Literal["step", "cosine"] = "step"   # the baseline's schedule (Sec. 4.1)
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     lr_gamma: float = 0.1
     mask_lr: float = 0.1
@@ -140,24 +176,6 @@ def step_lr_factor(epoch: int, epochs: int, milestones: Iterable[float], gamma: 
     return gamma ** sum(1 for m in milestones if epoch >= int(round(m * epochs)))
 
 
-@torch.no_grad()
-def masked_sgd_step(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor], bufs: dict[str, torch.Tensor],
-                    *, lr: float, momentum: float, weight_decay: float) -> None:
-    """SGD with momentum and weight decay on the computed entries only (``masks``)."""
-    for name, p in params.items():
-        m = masks.get(name)
-        if m is None or p.grad is None:
-            continue
-        d = p.grad + weight_decay * p
-        buf = bufs.get(name)
-        if buf is None:
-            buf = torch.zeros_like(p)
-            bufs[name] = buf
-        new = momentum * buf + d
-        buf.copy_(torch.where(m, new, buf))
-        p.sub_(torch.where(m, lr * buf, torch.zeros_like(p)))
-
-
 class GrowthSearch:
     """Grows ``net`` (a :class:`GrowableNet`) under ``config``; plain PyTorch loop.
 
@@ -182,8 +200,7 @@ class GrowthSearch:
         self.gamma = config.final_beta ** (1.0 / config.epochs)
         self.t_chan = {g: torch.zeros(n) for g, n in layout.groups.items()}
         self.t_unit = {u.name: torch.zeros(()) for u in layout.growable_units()}
-        self.weight_params = dict(net.weight_parameters())
-        self.bufs: dict[str, torch.Tensor] = {}
+        self.bufs = {n: torch.zeros_like(p) for n, p in net.weight_parameters()}
         self.mask_opt = torch.optim.SGD(net.mask_parameters(), lr=config.mask_lr, momentum=config.mask_momentum)
         self.step = 0
         self.epoch = 0
@@ -191,13 +208,15 @@ class GrowthSearch:
         self.lam_chan = 0.0
         self.lam_unit = 0.0
         full = build_compact(full_arch(layout))
+        self.width_cost = WidthCost(layout, self.input_shape)
         self.full_params = costmodel.count_params(full)
-        self.full_flops = costmodel.count_flops(full, self.input_shape)
+        self.full_flops = self.width_cost.full_flops
         self._full_model = full
+        self._unit_convs = {u.name: [c.name for c in u.convs] for u in layout.growable_units()}
         self._full_train_per_sample: int | None = None
         self.current = {"params": self.full_params, "flops": self.full_flops}
         self._apply_temperatures()
-        self.update_budget(all_costs=True)
+        self.update_budget()
 
     # ---- temperature (Eq. 7) -----------------------------------------------------------------
     def _apply_temperatures(self) -> None:
@@ -211,21 +230,24 @@ class GrowthSearch:
 
     # ---- budget (Eq. 4) ----------------------------------------------------------------------
     @torch.no_grad()
-    def current_cost(self, *, flops: bool = True) -> dict[str, int]:
-        """Params (and FLOPs) of the deterministic network, by the cost model on its compact form
-        (shapes only: params are counted on the meta device, FLOPs on a fresh CPU copy)."""
+    def current_cost(self) -> dict[str, int]:
+        """Params and FLOPs of the deterministic network's compact form, from the layer widths."""
         net = self.net
-        plan = net.deterministic_plan()
-        arch = compact_arch(net.layout, {g: i.tolist() for g, i in plan.idx.items()}, sorted(net.active_units(plan)))
-        with torch.device("meta"):
-            shell = build_compact(arch)
-        out = {"params": costmodel.count_params(shell)}
-        out["flops"] = (costmodel.count_flops(build_compact(arch), self.input_shape) if flops
-                        else self.current.get("flops", 0))
-        return out
+        widths = {g: int((s > 0).sum()) or 1 for g, s in net.s_chan.items()}
+        off = {c for u, s in net.s_unit.items() if float(s) <= 0 for c in self._unit_convs[u]}
+        wc = self.width_cost
+        params = (widths[wc.head_group] + 1) * wc.num_classes
+        flops = wc.head_coef * widths[wc.head_group]
+        for conv, cin, cout, f, w in wc.terms:
+            if conv in off:
+                continue
+            pair = (1 if cin == INPUT else widths[cin]) * widths[cout]
+            params += w * pair + 2 * widths[cout]
+            flops += f * pair
+        return {"params": int(params), "flops": int(flops)}
 
-    def update_budget(self, *, all_costs: bool = False) -> None:
-        self.current = self.current_cost(flops=all_costs or self.cfg.budget_type == "flops")
+    def update_budget(self) -> None:
+        self.current = self.current_cost()
         full = self.full_params if self.cfg.budget_type == "params" else self.full_flops
         current_sparsity = 1.0 - self.current[self.cfg.budget_type] / full
         target_sparsity = 1.0 - self.cfg.budget
@@ -280,9 +302,14 @@ class GrowthSearch:
         return total
 
     # ---- one step ----------------------------------------------------------------------------
-    def lr_factor(self, epoch: int | None = None) -> float:
+    def lr_factor(self) -> float:
+        """The weight and mask learning rates' factor at this step: step decay by epoch, or cosine
+        decay to 0 by step over ``epochs`` (the schedule of the baseline the run is compared to)."""
         c = self.cfg
-        return step_lr_factor(self.epoch if epoch is None else epoch, c.epochs, c.lr_milestones, c.lr_gamma)
+        if c.lr_schedule == "cosine":
+            total = c.epochs * self.steps_per_epoch
+            return 0.5 * (1 + math.cos(math.pi * min(self.step, total) / total))
+        return step_lr_factor(self.epoch, c.epochs, c.lr_milestones, c.lr_gamma)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, where: str = "grow") -> tuple[float, int, int]:
         """One step; returns (loss, correct, train FLOPs of what ran)."""
@@ -294,14 +321,12 @@ class GrowthSearch:
         ce = F.cross_entropy(out, y)
         loss = ce + self.penalty()
         check_finite(loss, where)
-        for p in net.parameters():
+        for p in net.mask_parameters():
             p.grad = None
         loss.backward()
-        used = net.used_masks()
         computed_groups = {spec.cout for spec in net.layout.convs() if spec.name in net.used}
         factor = self.lr_factor()
-        masked_sgd_step(self.weight_params, used, self.bufs, lr=c.weight_lr * factor, momentum=c.weight_momentum,
-                        weight_decay=c.weight_decay)
+        self._weight_step(lr=c.weight_lr * factor)
         for group in self.mask_opt.param_groups:
             group["lr"] = c.mask_lr * factor
         self.mask_opt.step()
@@ -319,6 +344,22 @@ class GrowthSearch:
             self.update_budget()
         net.plan = None
         return float(ce.detach()), int((out.argmax(1) == y).sum()), flops
+
+    @torch.no_grad()
+    def _weight_step(self, *, lr: float) -> None:
+        """SGD (momentum, weight decay) on the blocks the step computed, then written back."""
+        c, live = self.cfg, self.net.live
+        names = [n for n, (_, _, leaf) in live.items() if leaf.grad is not None]
+        params = [live[n][2] for n in names]
+        grads = [p.grad for p in params]
+        bufs = [take(self.bufs[n], live[n][0], live[n][1]) for n in names]
+        torch._foreach_add_(grads, params, alpha=c.weight_decay)
+        torch._foreach_mul_(bufs, c.weight_momentum)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_add_(params, bufs, alpha=-lr)
+        for n, b in zip(names, bufs):
+            put_(self.bufs[n], live[n][0], live[n][1], b)
+        self.net.write_back()
 
     def _train_flops(self, plan: Plan, x: torch.Tensor, y: torch.Tensor) -> int:
         """Train FLOPs (forward + backward) of the step that just ran, for the whole batch.
@@ -363,7 +404,7 @@ class GrowthSearch:
         self.epoch += 1
         if self.cfg.temperature == "global":
             self._apply_temperatures()
-        self.update_budget(all_costs=True)
+        self.update_budget()
         row.update(self.state_row())
         return row
 
@@ -423,7 +464,8 @@ class GrowthSearch:
         self.net.load_state_dict(state["net"])
         self.t_chan = {k: v.clone() for k, v in state["t_chan"].items()}
         self.t_unit = {k: v.clone() for k, v in state["t_unit"].items()}
-        self.bufs = {k: v.clone().to(self.device) for k, v in state["bufs"].items()}
+        for k, v in state["bufs"].items():
+            self.bufs[k].copy_(v)
         self.mask_opt.load_state_dict(state["mask_opt"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.gen.set_state(state["gen"])

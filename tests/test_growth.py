@@ -13,8 +13,10 @@ from experiments.harness import execute
 from experiments.methods.growth import GrowthTrialConfig, run
 from search_spaces import cost as costmodel
 from search_spaces.errors import UserError, exit_on_error
+from torch.utils.flop_counter import FlopCounterMode
+
 from search_spaces.growth_spaces import (FAMILIES, ConvSpec, GrowableNet, Layout, Plan, UnitSpec, build_compact,
-                                         full_arch, make_layout)
+                                         compact_arch, full_arch, make_layout)
 from strategies.growth import GrowthConfig, GrowthSearch, layer_train_flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,8 +174,11 @@ def test_export_equals_grown_network_deterministic_outputs(family):
     ref = s.net(x)
     compact, arch = s.export()
     compact.eval()
-    assert (compact(x) - ref).abs().max().item() < 1e-5
+    assert (compact(x) - ref).abs().max().item() < 1e-6
     assert costmodel.count_params(compact) < costmodel.count_params(build_compact(full_arch(s.net.layout)))
+    # the budget's analytic costs are the cost model's on the exported network
+    assert s.current_cost() == {"params": costmodel.count_params(compact),
+                                "flops": costmodel.count_flops(compact, (in_ch, 8, 8))}
     # arch.json is enough to rebuild the module and load its state_dict
     again = build_compact(json.loads(json.dumps(arch)))
     again.load_state_dict(compact.state_dict())
@@ -207,6 +212,41 @@ def test_train_flops_drop_when_structures_inactive_and_match_whole_network_count
     assert costmodel.count_train_flops(s.net, x, y) == full
     s.net.freeze_bn_stats = False
 
+
+@pytest.mark.parametrize("family", ["basic3resnet", "resnet20"])
+def test_step_train_flops_are_a_dense_network_at_the_sampled_widths(family):
+    """What a step runs (torch's FLOP counter around it) is what it reports, and both equal a
+    dense network built at the sampled widths: computing every filter and then gathering fails."""
+    s = _search(family=family, width=0.5)
+    x, y = _batch()
+    s.train_step(x, y)                       # fills the per-geometry FLOP cache (no nested counting)
+    plans = []
+    orig = s.sample_plan
+    s.sample_plan = lambda: plans.append(orig()) or plans[-1]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _, _, reported = s.train_step(x, y)
+    plan = plans[0]
+    arch = compact_arch(s.net.layout, {g: i.tolist() for g, i in plan.idx.items()}, sorted(s.net.active_units(plan)))
+    dense = costmodel.count_train_flops(build_compact(arch).train(), x, y)
+    assert reported == counter.get_total_flops() == dense
+    full = costmodel.count_train_flops(build_compact(full_arch(s.net.layout)).train(), x, y)
+    assert reported < 0.5 * full
+    # gradients (and the optimizer's arithmetic) only for the computed blocks: none on the full tensors
+    assert all(p.grad is None for _, p in s.net.weight_parameters())
+    assert not s.net.live
+
+
+def test_flop_bookkeeping_leaves_the_global_rng_alone():
+    """Counting a new layer geometry builds a layer; its init must not draw from the run's RNG
+    (augmentation draws from it: a resumed process, whose cache starts empty, would diverge)."""
+    from strategies import growth as growth_mod
+
+    shape = ("conv", (3, 11, 13), (5, 3, 3, 3), 1, 1, True)
+    growth_mod._LAYER_FLOPS.pop(("conv", (11, 13), (3, 3), 1, 1, True), None)
+    before = torch.get_rng_state()
+    assert layer_train_flops(shape) > 0
+    assert torch.equal(torch.get_rng_state(), before)
 
 def test_detached_structure_keeps_and_gets_back_its_weights():
     s = _search(family="resnet20", width=0.25, in_ch=1)
@@ -319,6 +359,37 @@ def test_resume_after_interruption_restores_structures_and_optimizer(tmp_path, m
         assert resumed[k] == ref[k], k
 
 
+def test_kill_mid_step_resumes_bit_identically(tmp_path, monkeypatch):
+    """Killed inside a step of the second epoch (after the SGD arithmetic on the live blocks, before
+    they are written back), the run resumes through TrainingPhase from the last epoch end and ends
+    exactly where the uninterrupted run does: same structures, metrics and exported weights."""
+    ref = execute("growth", _cfg(finetune_epochs=1), run, tmp_path / "ref")
+    calls = {"n": 0}
+    orig = GrowthSearch.train_step
+
+    def dying(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 6:                     # epoch 1 (4 steps per epoch), second step
+            monkeypatch.setattr(self.net, "write_back", lambda: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(GrowthSearch, "train_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        execute("growth", _cfg(finetune_epochs=1), run, tmp_path / "r")
+    monkeypatch.setattr(GrowthSearch, "train_step", orig)
+    resumed = execute("growth", _cfg(finetune_epochs=1), run, tmp_path / "r")
+    assert resumed["top1"] == ref["top1"] and resumed["train_flops"] == ref["train_flops"]
+    for f in ("structure.csv", "arch.json"):
+        assert (tmp_path / "r" / f).read_text() == (tmp_path / "ref" / f).read_text(), f
+    import pandas as pd
+
+    cols = [c for c in pd.read_csv(tmp_path / "ref" / "metrics.csv").columns if c != "time_s"]
+    assert pd.read_csv(tmp_path / "r" / "metrics.csv")[cols].equals(pd.read_csv(tmp_path / "ref" / "metrics.csv")[cols])
+    a = torch.load(tmp_path / "r" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("over,needle", [
     ({"budget": 0}, "budget must be in (0, 1]"),
@@ -350,3 +421,23 @@ def test_nnictl_configs_are_valid(name):
     for key, spec in space.items():
         for value in spec["_value"]:
             build_config(GrowthTrialConfig, {**opts, key: value})
+
+
+def test_survey_bench_pairs_growth_with_the_best_baseline_seed_by_seed(tmp_path):
+    from bench.compact_survey import paired_differences
+
+    folders = []
+    for variant, accs in (("morphnet", (0.98, 0.99, 0.97)), ("growth", (0.97, 0.97, 0.96))):
+        for seed, acc in enumerate(accs):
+            d = tmp_path / f"seed{seed}" / variant
+            d.mkdir(parents=True)
+            (d / "config.json").write_text(json.dumps({"config": {"variant": variant, "seed": seed}}))
+            (d / "summary.json").write_text(json.dumps({"variant": variant, "top1": acc}))
+            folders.append(d)
+    p = paired_differences(folders, "morphnet", ["growth", "epnas"])
+    assert set(p) == {"growth"} and p["growth"]["n"] == 3
+    assert p["growth"]["diffs"] == pytest.approx([-1.0, -2.0, -1.0])
+    mean, sd = -4 / 3, math.sqrt(1 / 3)
+    half = 4.302653 * sd / math.sqrt(3)                    # t(0.975, 2 degrees of freedom)
+    assert p["growth"]["mean"] == pytest.approx(mean)
+    assert p["growth"]["ci95"] == pytest.approx([mean - half, mean + half], rel=1e-5)

@@ -23,7 +23,7 @@ import torch
 from search_spaces import cost as costmodel
 from search_spaces.errors import UserError
 from search_spaces.growth_spaces import FAMILIES, GrowableNet, build_compact, full_arch, make_layout
-from strategies.growth import GrowthConfig, GrowthSearch
+from strategies.growth import GrowthConfig, GrowthSearch, enlarge_kernel_cache
 from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_epoch
 
 from ..data import make_loaders
@@ -72,6 +72,7 @@ def layout_for(cfg: GrowthTrialConfig, splits):
 
 
 def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
+    enlarge_kernel_cache()    # effective when this is the process's first convolution (a trial's is)
     splits = load_images(cfg)
     layout = layout_for(cfg, splits)   # bad layouts fail before any data is touched by training
     train_loader, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)

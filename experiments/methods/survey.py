@@ -12,7 +12,9 @@ target.  We make it executable, with our methods in it.  ``variant`` picks the r
   ``finetune_epochs`` of fine-tuning (MorphNet: its expanded network is trained from scratch,
   as MorphNet does, for ``epochs + finetune_epochs``);
 * ``growth`` - continuation growth (paper 001) with a FLOPs budget of target / baseline:
-  ``epochs`` of growing + ``finetune_epochs`` (delegates to :mod:`experiments.methods.growth`);
+  it grows for all ``epochs + finetune_epochs`` epochs on the baseline's cosine schedule, with no
+  separate fine-tuning, as the paper trains it against pruning (delegates to
+  :mod:`experiments.methods.growth`);
 * ``proxyless`` - ProxylessNAS binary gates (paper 003) over a per-block width/skip space of the
   same baseline (:mod:`search_spaces.layout_choice`) with the expected-FLOPs term aimed at the
   target; the derived network is trained from scratch for ``epochs + finetune_epochs``;
@@ -271,6 +273,12 @@ def _run_compressor(cfg, ctx, splits, layout, loaders, device, baseline, target)
 
 
 def _run_growth(cfg, ctx, splits, layout, loaders, device, baseline, target):
+    """Continuation growth at the FLOPs target, trained as paper 001 trains it against pruning
+    (Sec. 4.1): the weights get "the same hyperparameters used to train the corresponding unpruned
+    baseline" - here the survey baseline's ``epochs + finetune_epochs`` epochs of SGD from ``lr``
+    with cosine decay (:func:`train_final`) - and the run grows for all of them, "without any
+    dedicated fine-tuning stage".  The budget is the target as a fraction of the baseline's FLOPs
+    (both counted by the cost model on the same layout)."""
     from .growth import GrowthTrialConfig
     from .growth import run as growth_run
 
@@ -279,15 +287,16 @@ def _run_growth(cfg, ctx, splits, layout, loaders, device, baseline, target):
         limit=cfg.limit, image_size=cfg.image_size, augment=cfg.augment, batch_size=cfg.batch_size, seed=cfg.seed,
         device=cfg.device, threads=cfg.threads, progress=cfg.progress,
         family=cfg.family, width=cfg.width, stage_blocks=cfg.stage_blocks, grow_layers=False,
-        budget=target / baseline.flops, budget_type="flops", epochs=cfg.epochs, weight_lr=cfg.lr,
-        weight_momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr)
+        budget=target / baseline.flops, budget_type="flops", epochs=cfg.total_epochs, lr_schedule="cosine",
+        weight_lr=cfg.lr, weight_momentum=cfg.momentum, weight_decay=cfg.weight_decay, finetune_epochs=0,
+        finetune_lr=cfg.finetune_lr)
     s = growth_run(gcfg, ctx)
     times = {"search": s["grow_time_s"], "train": s["finetune_time_s"]}
     return _row(cfg, top1=s["top1"], test_loss=s["test_loss"], params=s["params"], flops=s["flops"],
                 baseline=baseline, target=target, times=times, train_flops=s["train_flops"],
                 info={"budget": s["budget"], "train_cost_savings": s["train_cost_savings"],
-                      "notes": "growing is its training: epochs of growth + fine-tuning"})
+                      "notes": "growing is its training: epochs + finetune_epochs of growth (baseline schedule), "
+                               "no fine-tuning"})
 
 
 def _run_proxyless(cfg, ctx, splits, layout, loaders, device, baseline, target):
