@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from .errors import UserError
 
-__all__ = ["build_config", "parse_cli_overrides", "config_to_dict"]
+__all__ = ["build_config", "parse_cli_overrides", "config_to_dict", "load_yaml"]
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
@@ -163,3 +163,21 @@ def parse_cli_overrides(argv: list[str]) -> dict[str, Any]:
 def config_to_dict(cfg) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def load_yaml(path) -> dict[str, Any]:
+    """A YAML file holding a mapping; a missing file, bad YAML or another top level is a UserError."""
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data

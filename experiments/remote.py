@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .config import load_yaml
 from .errors import UserError, exit_on_error
 
 __all__ = ["HostWatch", "apply_overlay", "check_hosts", "is_remote", "load_yaml", "main"]
@@ -43,21 +44,6 @@ __all__ = ["HostWatch", "apply_overlay", "check_hosts", "is_remote", "load_yaml"
 REPO = Path(__file__).resolve().parents[1]
 #: What a trial imports on a host (the project's code itself comes with NNI's upload).
 HOST_IMPORTS = ("nni", "torch", "torchvision", "numpy", "sklearn", "pandas", "yaml", "filelock")
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping")
-    return data
 
 
 def is_remote(config: dict[str, Any]) -> bool:

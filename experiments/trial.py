@@ -11,7 +11,6 @@ names the key, exit status 2.  A failed run (NaN loss) exits 1 and leaves its fo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,23 +23,6 @@ def _quiet_nni_warnings() -> None:
     # torch 2.14 makes NNI warn "<Buffer> is found to be not a nn.Module" (harmless, DESIGN.md)
     warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
     warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
-
-
-def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    from .errors import UserError
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys to values")
-    return data
 
 
 def flatten_nested_choices(params: dict[str, Any]) -> dict[str, Any]:
@@ -72,13 +54,13 @@ def resolve_config(method_name: str, *, config_file: str | None = None, override
                    nni_params: dict[str, Any] | None = None):
     """defaults < config file < command line < NNI parameters (nested choices flattened); unknown keys
     are errors."""
-    from .config import build_config
+    from .config import build_config, load_yaml
     from .methods import get_method
 
     method = get_method(method_name)
     merged: dict[str, Any] = {}
     if config_file:
-        merged.update(_load_yaml(config_file))
+        merged.update(load_yaml(config_file))
     merged.update(overrides or {})
     merged.update(flatten_nested_choices(nni_params or {}))
     return method, build_config(method.config_cls, merged)
