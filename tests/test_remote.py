@@ -44,6 +44,20 @@ def hosts(tmp_path_factory):
         pytest.skip(f"loopback SSH hosts unavailable: {exc}")
 
 
+@pytest.fixture(autouse=True)
+def _reuse_mode_workspace_cleaned():
+    """Reuse mode keeps a host's workspace in ``/tmp/nni-experiments/<id>`` (NNI's fixed temp path,
+    the same folder for every loopback host): remove what this test's experiments left there."""
+    root = Path("/tmp/nni-experiments")
+    before = set(root.iterdir()) if root.is_dir() else set()
+    yield
+    if root.is_dir():
+        import shutil
+
+        for entry in set(root.iterdir()) - before:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _proxyless_config(hosts, scopes, *, reuse=False, concurrency=2, extra="", **ts) -> dict:
     return {
         "experimentName": "test-remote-proxyless",
