@@ -42,7 +42,7 @@ from experiments.data import load_image_dataset, make_loaders
 from search_spaces import cost as costmodel
 from search_spaces.growth_spaces import GrowableNet, build_compact, full_arch, make_layout
 from strategies.growth import GrowthConfig, GrowthSearch, enlarge_kernel_cache, step_lr_factor
-from strategies.training import evaluate, reseed_loader, seed_everything, sgd_nesterov, train_epoch
+from strategies.training import epoch_seed, evaluate, reseed_loader, seed_everything, sgd_nesterov, train_epoch
 
 DEFAULT_OUT = Path("bench/out/growth_cost.json")
 
@@ -114,7 +114,7 @@ def _epoch_batches(train, epochs: int, seed: int) -> tuple[list[list], float]:
     out = []
     for epoch in range(epochs):
         reseed_loader(train, seed, epoch)
-        torch.manual_seed(seed * 100003 + epoch)   # the augmentation draws from the global RNG
+        torch.manual_seed(epoch_seed(seed, epoch))   # the augmentation draws from the global RNG
         out.append(list(train))
     return out, time.perf_counter() - t0
 

@@ -53,7 +53,9 @@ def is_remote(config: dict[str, Any]) -> bool:
 
 def apply_overlay(config: dict[str, Any], overlay: dict[str, Any], *, config_dir: Path | None = None) -> dict[str, Any]:
     """``config`` with ``overlay``'s keys (its ``trainingService`` replaces the config's); a relative
-    ``trialCodeDirectory`` is made absolute against ``config_dir`` (the config file's folder)."""
+    ``trialCodeDirectory``, and a relative ``codeDirectory`` of a customized tuner / assessor /
+    advisor, are made absolute against ``config_dir`` (the config file's folder): the merged
+    file is written elsewhere (beside the host list), where the relative paths would point wrong."""
     ts = overlay.get("trainingService")
     if not isinstance(ts, dict) or ts.get("platform") != "remote":
         raise UserError("the host overlay needs trainingService.platform: remote")
@@ -66,9 +68,14 @@ def apply_overlay(config: dict[str, Any], overlay: dict[str, Any], *, config_dir
             raise UserError(f"machineList[{i}] lacks {', '.join(missing)}")
     merged = copy.deepcopy(config)
     merged.update(copy.deepcopy(overlay))
-    code = merged.get("trialCodeDirectory", ".")
-    if config_dir is not None and not Path(code).is_absolute():
-        merged["trialCodeDirectory"] = str((config_dir / code).resolve())
+    if config_dir is not None:
+        code = merged.get("trialCodeDirectory", ".")
+        if not Path(code).is_absolute():
+            merged["trialCodeDirectory"] = str((config_dir / code).resolve())
+        for role in ("tuner", "assessor", "advisor"):
+            algo = merged.get(role)
+            if isinstance(algo, dict) and algo.get("codeDirectory") and not Path(algo["codeDirectory"]).is_absolute():
+                algo["codeDirectory"] = str((config_dir / algo["codeDirectory"]).resolve())
     return merged
 
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -70,6 +70,7 @@ __all__ = [
     "DRCandidate",
     "DRSearchResult",
     "DR_SELECTS",
+    "DrSelect",
     "check_ratio",
     "n_components",
     "shrink_hidden",
@@ -351,7 +352,8 @@ class DRSearchResult:
     highest: DRCandidate | None = None  # the best validation accuracy (Algorithm 1's own pick)
 
 
-DR_SELECTS = ("best", "most_compressed")
+DrSelect = Literal["best", "most_compressed"]
+DR_SELECTS = get_args(DrSelect)
 
 
 def dr_search(X_train: np.ndarray, X_val: np.ndarray, X_test: np.ndarray | None, *,

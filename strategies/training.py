@@ -13,7 +13,10 @@ in all of them, so a method adds an epoch function, never another loop:
   end or its :meth:`TrainingPhase.finish`), which is the only point where they are that run's state;
 * **progress**: a tqdm bar per phase (stderr: the terminal and NNI's trial log);
 * **reporting**: the epoch function's row gets ``phase``, ``epoch`` and the phase's cumulative
-  ``time_s`` and goes to the host (a trial's ``metrics.csv`` + NNI intermediate result);
+  ``time_s`` (wall) and ``cpu_time_s`` (``time.process_time``: this process's CPU seconds, which
+  do not grow when other processes share the cores) and goes to the host (a trial's
+  ``metrics.csv`` + NNI intermediate result); a row's ``train_flops`` (counted training FLOPs of
+  the epoch) is summed into the phase's record;
 * **checkpointing**: through the host (a trial's ``checkpoint.pt``, written atomically).
 
 The host is anything with a ``state`` dict, ``checkpoint()``, ``report(row)`` and ``progress``:
@@ -40,8 +43,8 @@ import torch.nn.functional as F
 from search_spaces.errors import TrialFailed
 
 __all__ = ["EpochStats", "MemoryHost", "PhaseHost", "TensorLoader", "TrainingPhase", "check_finite",
-           "cosine_schedule", "evaluate", "fit_epoch", "progress", "reseed_loader", "rng_state", "seed_everything",
-           "set_rng_state", "sgd_nesterov", "train_epoch"]
+           "cosine_schedule", "epoch_seed", "evaluate", "fit_epoch", "progress", "reseed_loader", "rng_state",
+           "seed_everything", "set_rng_state", "sgd_nesterov", "train_epoch"]
 
 
 # --------------------------------------------------------------------------- RNG
@@ -71,11 +74,16 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state(s, i)
 
 
+def epoch_seed(seed: int, epoch: int, *, phase: int = 0) -> int:
+    """The seed of one (seed, phase, epoch): the one reseed rule of the project."""
+    return seed * 100003 + phase * 50000 + epoch
+
+
 def reseed_loader(loader: Any, seed: int, epoch: int, *, phase: int = 0) -> None:
-    """Reshuffle deterministically per (seed, phase, epoch): the one reseed rule of the project."""
+    """Reshuffle deterministically per (seed, phase, epoch) (:func:`epoch_seed`)."""
     gen = getattr(loader, "generator", None)
     if gen is not None:
-        gen.manual_seed(seed * 100003 + phase * 50000 + epoch)
+        gen.manual_seed(epoch_seed(seed, epoch, phase=phase))
 
 
 # --------------------------------------------------------------------------- data
@@ -250,6 +258,8 @@ class TrainingPhase:
         phases = self.host.state.setdefault("phases", {})
         self.record: dict[str, Any] = phases.setdefault(
             name, {"epochs_done": 0, "time_s": 0.0, "done": False, "state": None, "result": None})
+        self.record.setdefault("cpu_time_s", 0.0)
+        self.record.setdefault("train_flops", 0)
         self._start: int | None = None
 
     # ---- what a resumed run reads --------------------------------------------------------
@@ -268,6 +278,10 @@ class TrainingPhase:
     @property
     def result(self) -> Any:
         return self.record["result"]
+
+    def add_train_flops(self, flops: float) -> None:
+        """Count ``flops`` training FLOPs to the phase (for epoch functions that report no row)."""
+        self.record["train_flops"] += flops
 
     # ---- running ---------------------------------------------------------------------------
     def _restore_rng_if_here(self) -> None:
@@ -308,12 +322,16 @@ class TrainingPhase:
                     break
                 if self.loader is not None:
                     reseed_loader(self.loader, self.seed, epoch, phase=self.reseed)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 row = epoch_fn(epoch, bar)
                 self.record["time_s"] += time.perf_counter() - t0
+                self.record["cpu_time_s"] += time.process_time() - c0
                 self.record["epochs_done"] = epoch + 1
                 if row is not None:
-                    self.host.report({"phase": self.name, "epoch": epoch, **row, "time_s": self.record["time_s"]})
+                    if isinstance(row.get("train_flops"), (int, float)):
+                        self.add_train_flops(row["train_flops"])
+                    self.host.report({"phase": self.name, "epoch": epoch, **row, "time_s": self.record["time_s"],
+                                      "cpu_time_s": self.record["cpu_time_s"]})
                 self.record["state"] = {k: obj.state_dict() for k, obj in (state or {}).items()}
                 self._save()
         return self
