@@ -3,7 +3,7 @@
 Reads files only (DESIGN.md): imports nothing from ``experiments``, ``strategies`` or
 ``search_spaces``.  Entry points::
 
-    python -m analysis <run-or-experiment-folder> [--out DIR]
+    python -m analysis <run-or-experiment-folder> [<folder> ...] [--out DIR]
 
     import analysis
     runs = analysis.load_runs("runs/proxyless")          # or an NNI experiment folder
@@ -11,12 +11,13 @@ Reads files only (DESIGN.md): imports nothing from ``experiments``, ``strategies
     analysis.proxyless.plot_trajectories(runs[0])          # paper Fig. 3 (a Figure)
     analysis.proxyless.convergence(runs[0])                # per-block convergence epoch
     analysis.report("runs/proxyless")                      # everything, written to files
+    analysis.report_many(["runs/growth", "exp/trials"])    # several folders: one study + front.png
 """
-from . import proxyless
+from . import front, proxyless
 from .io import AnalysisError, Run, find_run_dirs, is_run_dir, load_run, load_runs, read_metrics, read_trajectory
 from .output import Output
 from .plots import plot_curves
-from .report import REPORTS, MethodReport, register, report, report_run, report_study, runs_table
+from .report import REPORTS, MethodReport, register, report, report_many, report_run, report_study, runs_table
 
 __all__ = [
     "AnalysisError",
@@ -25,6 +26,7 @@ __all__ = [
     "REPORTS",
     "Run",
     "find_run_dirs",
+    "front",
     "is_run_dir",
     "load_run",
     "load_runs",
@@ -34,6 +36,7 @@ __all__ = [
     "read_trajectory",
     "register",
     "report",
+    "report_many",
     "report_run",
     "report_study",
     "runs_table",

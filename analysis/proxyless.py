@@ -307,12 +307,15 @@ def table1_runs(runs: Sequence[Run]) -> pd.DataFrame:
             "flops": run.flops,
             "top1": run.top1,
             "search_time_s": run.search_time_s,
+            "search_train_flops": run.summary.get("search_train_flops"),
+            "search_cpu_time_s": run.summary.get("search_cpu_time_s"),
             "search_epochs": run.summary.get("search_epochs"),
             "exit_epoch": run.exit_epoch,
             "convergence_epoch": conv_max,
         })
     df = pd.DataFrame(rows, columns=["dataset", "scope", "run", "seed", "params", "flops", "top1",
-                                     "search_time_s", "search_epochs", "exit_epoch", "convergence_epoch"])
+                                     "search_time_s", "search_train_flops", "search_cpu_time_s", "search_epochs",
+                                     "exit_epoch", "convergence_epoch"])
     for c in df.columns[4:]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
@@ -323,17 +326,21 @@ def table1(runs: Sequence[Run]) -> pd.DataFrame:
 
     Columns: ``dataset, model, scope, n_runs, params_M`` (2 decimals, as the paper),
     ``flops_M, top1`` (%, mean over seeds), ``top1_std`` (blank for one seed),
-    ``search_time_s, search_epochs, exit_epoch`` (mean over the runs that exited early; blank
-    when none did), ``convergence_epoch`` (max over blocks, mean over seeds).
+    ``search_time_s`` (wall), ``search_gflops`` (counted training FLOPs of the search, G),
+    ``search_cpu_s`` (process CPU seconds of the search), ``search_epochs, exit_epoch`` (mean over
+    the runs that exited early; blank when none did), ``convergence_epoch`` (max over blocks, mean
+    over seeds).  Wall time depends on what else ran on the machine (trials sharing cores take
+    longer); counted FLOPs and CPU seconds do not.
     """
     per_run = table1_runs(runs)
     cols = ["dataset", "model", "scope", "n_runs", "params_M", "flops_M", "top1", "top1_std",
-            "search_time_s", "search_epochs", "exit_epoch", "convergence_epoch"]
+            "search_time_s", "search_gflops", "search_cpu_s", "search_epochs", "exit_epoch", "convergence_epoch"]
     if per_run.empty:
         return pd.DataFrame(columns=cols)
     g = per_run.groupby(["dataset", "scope"], sort=False)
     t = g.agg(n_runs=("run", "size"), params=("params", "mean"), flops=("flops", "mean"),
               top1=("top1", "mean"), top1_std=("top1", "std"), search_time_s=("search_time_s", "mean"),
+              search_train_flops=("search_train_flops", "mean"), search_cpu_s=("search_cpu_time_s", "mean"),
               search_epochs=("search_epochs", "mean"), exit_epoch=("exit_epoch", "mean"),
               convergence_epoch=("convergence_epoch", "mean")).reset_index()
     t["model"] = [("baseline" if s == "baseline" else f"{METHOD}-{s}") for s in t["scope"]]
@@ -342,6 +349,8 @@ def table1(runs: Sequence[Run]) -> pd.DataFrame:
     t["top1"] = (100 * t["top1"]).round(2)
     t["top1_std"] = (100 * t["top1_std"]).round(2)
     t["search_time_s"] = t["search_time_s"].round(1)
+    t["search_gflops"] = t["search_train_flops"] / 1e9
+    t["search_cpu_s"] = t["search_cpu_s"].round(1)
     for c in ("n_runs", "search_epochs", "exit_epoch", "convergence_epoch"):
         t[c] = _as_int_if_whole(t[c])
     t["_rank"] = [_scope_rank(s) for s in t["scope"]]
@@ -349,7 +358,22 @@ def table1(runs: Sequence[Run]) -> pd.DataFrame:
     return t[cols].reset_index(drop=True)
 
 
-TABLE1_FORMATS = {"params_M": ".2f", "flops_M": ".1f", "top1": ".2f", "top1_std": ".2f", "search_time_s": ".1f"}
+TABLE1_FORMATS = {"params_M": ".2f", "flops_M": ".1f", "top1": ".2f", "top1_std": ".2f", "search_time_s": ".1f",
+                  "search_gflops": ".3g", "search_cpu_s": ".1f"}
+#: The search-cost measures of ``scopes.png``, first available first: (column, axis label, unit).
+SEARCH_COSTS = (("search_gflops", "search cost: counted training GFLOPs", "GFLOPs"),
+                ("search_cpu_s", "search cost: process CPU seconds", "CPU s"),
+                ("search_time_s", "search wall time (s; grows with what ran beside it)", "s"))
+
+
+def search_cost_measure(t: pd.DataFrame) -> tuple[str, str, str]:
+    """The search-cost column ``scopes.png`` shows: counted training FLOPs where every searched
+    scope has them, else process CPU seconds, else wall time (older runs)."""
+    searched = t[t["scope"] != "baseline"]
+    for col, label, unit in SEARCH_COSTS:
+        if col in searched and len(searched) and searched[col].notna().all() and (searched[col] > 0).all():
+            return col, label, unit
+    return SEARCH_COSTS[-1]
 
 
 def format_table1(t: pd.DataFrame) -> str:
@@ -358,7 +382,9 @@ def format_table1(t: pd.DataFrame) -> str:
 
 def plot_scopes(t: pd.DataFrame) -> Figure:
     """Left: top-1 (%) vs params (M) per scope (error bar: std over seeds; dashed line: the
-    baseline); right: search time per scope, annotated with the convergence epoch."""
+    baseline); right: search cost per scope (:func:`search_cost_measure`: counted training FLOPs,
+    which do not depend on what ran beside the trial; the axis says which), annotated with the
+    convergence epoch."""
     fig, axes = panel_grid(1, 2, panel=(4.8, 3.2), top=0.55, bottom=0.65, wspace=0.9)
     ax1, ax2 = axes[0]
     datasets = list(t["dataset"].unique())
@@ -392,14 +418,15 @@ def plot_scopes(t: pd.DataFrame) -> Figure:
     if ax1.get_legend_handles_labels()[0]:
         ax1.legend(fontsize="small", loc="lower right")
     pos = np.arange(len(searched))
-    ax2.bar(pos, searched["search_time_s"].fillna(0), color=[colour[d] for d in searched["dataset"]])
-    for p, st, ce in zip(pos, searched["search_time_s"], searched["convergence_epoch"]):
+    col, cost_label, unit = search_cost_measure(t)
+    ax2.bar(pos, searched[col].fillna(0), color=[colour[d] for d in searched["dataset"]])
+    for p, st, ce in zip(pos, searched[col], searched["convergence_epoch"]):
         if pd.notna(st):
-            txt = f"{st:.0f} s" + (f"\nconv. ep {ce}" if pd.notna(ce) else "")
+            txt = f"{st:.3g} {unit}" + (f"\nconv. ep {ce}" if pd.notna(ce) else "")
             ax2.annotate(txt, (p, st), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
     ax2.set_xticks(pos, [n.replace("scope ", "") for n in names])
     ax2.set_xlabel("search scope")
-    ax2.set_ylabel("search time (s)")
+    ax2.set_ylabel(cost_label, fontsize=9)
     ax2.set_title("search cost per scope")
     ax2.margins(y=0.25)
     ax2.grid(alpha=0.3, axis="y")

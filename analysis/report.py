@@ -20,12 +20,13 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from . import epnas, growth, proxyless, scann, survey
+from . import epnas, front, growth, proxyless, scann, survey
 from .io import AnalysisError, Run, is_run_dir, load_run, load_runs
 from .output import Output, format_table, save_csv, save_figure
 from .plots import plot_curves
 
-__all__ = ["MethodReport", "REPORTS", "register", "report", "report_run", "report_study", "runs_table"]
+__all__ = ["MethodReport", "REPORTS", "register", "report", "report_many", "report_run", "report_study",
+           "runs_table"]
 
 RunReport = Callable[[Run, Path], Output]
 StudyReport = Callable[[Sequence[Run], Path], Output]
@@ -128,9 +129,26 @@ def report_run(run: Run, out: str | os.PathLike) -> Output:
     return res
 
 
+def _front(runs: Sequence[Run], out: Path) -> Output:
+    """``front.csv`` + ``front.png``: accuracy against FLOPs, params and onnxruntime latency over
+    every method's runs (:mod:`analysis.front`); nothing when no run measured an accuracy."""
+    res = Output()
+    t = front.front_table(runs)
+    if t.empty:
+        return res
+    res.files += [save_csv(t, out / "front.csv"), save_figure(front.plot_front(t), out / "front.png")]
+    res.tables["front"] = t
+    on = t[t["pareto_flops"] | t["pareto_params"] | t["pareto_latency"]]
+    shown = on[["dataset", "label", "run", "accuracy", "flops", "params", "ort_latency_ms"]].assign(
+        accuracy=100 * on["accuracy"])
+    res.text.append("Pareto points (accuracy % vs FLOPs / params / onnxruntime latency):\n"
+                    + format_table(shown, {"accuracy": ".2f", "flops": ".4g", "params": ".0f", "ort_latency_ms": ".3f"}))
+    return res
+
+
 def report_study(runs: Sequence[Run], out: str | os.PathLike) -> Output:
-    """Study files in ``out`` (``runs.csv`` + each present method's study report) and each
-    run's files in ``out/runs/<run name>/``."""
+    """Study files in ``out`` (``runs.csv``, each present method's study report, the front across
+    methods) and each run's files in ``out/runs/<run name>/``."""
     out = Path(out)
     res = Output()
     table = runs_table(runs)
@@ -141,6 +159,7 @@ def report_study(runs: Sequence[Run], out: str | os.PathLike) -> Output:
         spec = REPORTS.get(method)
         if spec is not None and spec.study is not None:
             res.extend(spec.study(runs, out))
+    res.extend(_front(runs, out))
     for run in runs:
         sub = report_run(run, out / "runs" / run.name)
         res.files.extend(sub.files)  # per-run text would drown the study tables
@@ -166,3 +185,30 @@ def report(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> O
     if not runs:
         raise AnalysisError(f"no run folders under {folder} (a run folder has a config.json naming its method)")
     return report_study(runs, out)
+
+
+def report_many(folders: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> Output:
+    """Analyse several folders (any mix of run folders, NNI experiment folders and folders of
+    runs) as one study: every method's study report and the front across methods
+    (``front.csv``, ``front.png``) over all their runs.  ``out`` defaults to the first folder's
+    ``analysis/`` (``./analysis`` when the first is a single run folder).  One folder: as
+    :func:`report`.  Run names clashing across folders get the folder's name in front."""
+    if len(folders) == 1:
+        return report(folders[0], out)
+    runs: list[Run] = []
+    for folder in map(Path, folders):
+        if not folder.exists():
+            raise AnalysisError(f"no such folder: {folder}")
+        if not folder.is_dir():
+            raise AnalysisError(f"not a folder: {folder}")
+        found = [load_run(folder)] if is_run_dir(folder) else load_runs(folder)
+        if not found:
+            raise AnalysisError(f"no run folders under {folder} (a run folder has a config.json naming its method)")
+        runs += found
+    names = [r.name for r in runs]
+    for r in runs:
+        if names.count(r.name) > 1:
+            r.name = f"{r.path.resolve().parent.name}_{r.name}"
+    first = Path(folders[0])
+    default = Path("analysis") if is_run_dir(first) else first / "analysis"
+    return report_study(runs, Path(out) if out is not None else default)

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from .front import pareto_front
 from .output import save_csv, save_figure
 
 __all__ = ["METHOD", "load_scann_runs", "candidates", "paper_tables", "pareto_front", "plot_front",
@@ -188,17 +189,6 @@ def _human(n: float) -> str:
 
 
 # --------------------------------------------------------------------------- plots
-
-
-def pareto_front(points: pd.DataFrame, x: str = "connections", y: str = "test_acc") -> pd.DataFrame:
-    """Non-dominated points: no other point has fewer (or equal) ``x`` and higher ``y``."""
-    pts = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
-    best, keep = -math.inf, []
-    for i, row in pts.iterrows():
-        if row[y] > best:
-            keep.append(i)
-            best = row[y]
-    return pts.loc[keep]
 
 
 def _iteration_points(runs: Sequence[dict[str, Any]]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -22,7 +22,8 @@ from . import nni_bridge
 from .config import config_to_dict
 from .runfolder import RunFolder, atomic_write_text, environment_info
 
-__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "per_sample_train_flops", "resolve_device", "pick"]
+__all__ = ["CommonConfig", "RunContext", "execute", "load_images", "per_sample_train_flops", "resolve_device", "pick",
+           "search_cost"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +42,7 @@ class CommonConfig:
     device: str = "auto"      # auto: cuda when available, else cpu
     threads: int = 0          # torch intra-op threads (0: torch's default)
     progress: bool = True
+    allow_degenerate: bool = False   # export a network at chance / without an input-output path anyway (smoke runs)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -115,14 +117,17 @@ def pick(cls: type, cfg: Any):
 class RunContext:
     """A trial's run folder as the host of its training phases (:class:`strategies.training.PhaseHost`):
     ``state`` is the checkpoint (``resumed`` holds what was found on start), ``checkpoint()`` saves
-    it with the tables, ``report(row)`` appends a metrics row and reports it to NNI."""
+    it with the tables, ``report(row)`` appends a metrics row and reports it to NNI,
+    ``save_model(...)`` writes the exported network (:func:`experiments.export.save_model`)."""
 
     method: str
     run: RunFolder
     resumed: dict[str, Any] | None
     started: float
     progress: bool = True
+    allow_degenerate: bool = False
     state: dict[str, Any] = field(default_factory=dict)
+    exported: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         self.state = dict(self.resumed or {})
@@ -132,6 +137,20 @@ class RunContext:
 
     def report(self, row: dict[str, Any]) -> None:
         self.report_epoch(row)
+
+    def save_model(self, model: torch.nn.Module, example: torch.Tensor, *, val: Any, num_classes: int | None = None,
+                   fallback: str = "", candidate: bool = False) -> dict[str, Any]:
+        """Check and write the run's exported network (``model.pt`` + ``model.onnx``) from the
+        test batch ``example`` and the validation data ``val``; its figures (``ort_latency_ms``
+        ...) join the summary.  A degenerate network ends the trial as failed
+        (:func:`experiments.export.save_model`), unless it is a search ``candidate`` -- a network
+        the search scores rather than ships (an EPNAS proxy trial: at chance, its low accuracy *is*
+        the reward the controller learns from) -- which is marked ``degenerate: 1`` instead."""
+        from .export import save_model
+
+        self.exported = save_model(self.run, model, example, val=val, num_classes=num_classes,
+                                   allow_degenerate=self.allow_degenerate or candidate, fallback=fallback)
+        return self.exported
 
     def phase(self, name: str, epochs: int, **kw: Any) -> TrainingPhase:
         """A resumable training phase of this run (see :class:`strategies.training.TrainingPhase`)."""
@@ -149,13 +168,32 @@ class RunContext:
         return progress(total, desc, enabled=enabled and self.progress)
 
 
+def search_cost(phases: dict[str, dict[str, Any]], search_phases: Sequence[str]) -> dict[str, float]:
+    """A run's cost from its phase records: ``search_train_flops`` (counted training FLOPs of the
+    search phases), ``search_cpu_time_s`` (their process CPU seconds), ``search_time_s`` (their
+    wall time; a method's own ``search_time_s`` is kept where it has one), ``cpu_time_s`` / ``wall_time_s`` (all phases).  FLOPs and CPU seconds do not depend
+    on what else ran on the machine; wall time does (two trials sharing two cores take longer)."""
+    mine = [r for name, r in phases.items() if name in search_phases]
+    every = list(phases.values())
+    return {
+        "search_train_flops": sum(float(r.get("train_flops", 0) or 0) for r in mine),
+        "search_cpu_time_s": sum(float(r.get("cpu_time_s", 0.0)) for r in mine),
+        "search_time_s": sum(float(r.get("time_s", 0.0)) for r in mine),
+        "cpu_time_s": sum(float(r.get("cpu_time_s", 0.0)) for r in every),
+        "wall_time_s": sum(float(r.get("time_s", 0.0)) for r in every),
+    }
+
+
 def _config_blob(method: str, cfg: Any) -> dict[str, Any]:
     return {"method": method, "config": config_to_dict(cfg), "seed": cfg.seed}
 
 
 def execute(method: str, cfg: CommonConfig, run_fn: Callable[[Any, RunContext], dict[str, Any]],
-            run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Run ``run_fn`` in ``run_dir`` (resuming if it holds a checkpoint of the same config)."""
+            run_dir: str | os.PathLike, *, search_phases: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run ``run_fn`` in ``run_dir`` (resuming if it holds a checkpoint of the same config).
+
+    The summary gains the exported network's figures (``RunContext.save_model``) and the search
+    cost (:func:`search_cost` over ``search_phases``, by default the registered method's)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = RunFolder(run_dir)
@@ -173,7 +211,8 @@ def execute(method: str, cfg: CommonConfig, run_fn: Callable[[Any, RunContext], 
     seed_everything(cfg.seed)
     nni_bridge.start_run()
     resumed = run.load_checkpoint()
-    ctx = RunContext(method=method, run=run, resumed=resumed, started=time.time(), progress=cfg.progress)
+    ctx = RunContext(method=method, run=run, resumed=resumed, started=time.time(), progress=cfg.progress,
+                     allow_degenerate=getattr(cfg, "allow_degenerate", False))
     try:
         (run.path / "error.txt").unlink(missing_ok=True)
         summary = run_fn(cfg, ctx)
@@ -181,7 +220,14 @@ def execute(method: str, cfg: CommonConfig, run_fn: Callable[[Any, RunContext], 
         run.flush()
         atomic_write_text(run.path / "error.txt", f"{exc}\n")
         raise
-    summary = {"method": method, **summary}
+    if search_phases is None:
+        from .methods import METHODS
+
+        search_phases = METHODS[method].search_phases if method in METHODS else ()
+    from .export import unexported_figures
+
+    extra = {**search_cost(ctx.state.get("phases", {}), search_phases), **(ctx.exported or unexported_figures())}
+    summary = {"method": method, **summary, **{k: v for k, v in extra.items() if k not in summary}}
     if "default" not in summary:
         raise RuntimeError(f"method {method} returned a summary without 'default'")
     run.write_json("summary.json", summary)

@@ -16,7 +16,12 @@ Conventions (stated once, used everywhere):
   plus every leaf module's output activation (written once, fp32).
 * **compute intensity** - ``FLOPs / bytes`` (FLOPs per byte moved), the roofline-style measure
   the EPNAS paper constrains.
-* **latency** - median wall-clock milliseconds of a batch-1 forward on the CPU after warm-up.
+* **latency** - median wall-clock milliseconds of a batch-1 forward on the CPU after warm-up
+  (:func:`measure_latency`: PyTorch; :func:`measure_ort_latency`: the exported ONNX graph in
+  onnxruntime's CPU provider with a stated number of threads, the figure a deployment sees).
+* **counted training FLOPs of a loop** - :class:`CountedLoader`: the FLOPs counted while the first
+  step of every pass over a loader runs, per sample, times the samples of the pass (a search's
+  cost that does not depend on what else ran on the machine, unlike its wall time).
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ __all__ = [
     "count_train_flops",
     "count_bytes",
     "measure_latency",
+    "measure_ort_latency",
+    "CountedLoader",
     "profile",
     "BYTES_PER_ELEMENT",
 ]
@@ -155,6 +162,74 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], *, repeats: in
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return float(statistics.median(times))
+
+
+def measure_ort_latency(onnx_model: bytes, input_shape: Sequence[int], *, threads: int = 1, repeats: int = 50,
+                        warmup: int = 5) -> float:
+    """Median wall-clock milliseconds of a batch-1 run of a serialised ONNX model in onnxruntime's
+    CPU execution provider, ``threads`` intra-op threads (and one inter-op thread, sequential
+    execution) so the figure does not depend on the machine's core count."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(onnx_model, sess_options=opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.zeros((1, *input_shape), dtype=np.float32)
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+class CountedLoader:
+    """A loader that counts the training FLOPs of the loops run over it.
+
+    Iterating yields the wrapped loader's ``(x, y)`` batches unchanged.  While the consumer works
+    on the first batch of a pass (from yielding it until the next batch is asked for: the whole
+    first step, forward + backward + anything else the step runs, e.g. ProxylessNAS's
+    architecture step on a validation batch) a :class:`FlopCounterMode` counts what runs; that
+    count per sample, times the samples of every batch of the pass, is added to :attr:`flops`.
+    Counting one step per pass keeps the counter's overhead (several x on small CPU networks)
+    off the other steps; within a pass the network's shapes are fixed, so the estimate is exact
+    up to what varies from step to step (a sampled path).  ``generator`` and ``len`` are the
+    wrapped loader's (so :func:`strategies.training.reseed_loader` applies to it); counting
+    draws no random numbers and changes no result.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.flops = 0
+
+    @property
+    def generator(self):
+        return getattr(self.loader, "generator", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        try:
+            first = next(it)
+        except StopIteration:
+            return
+        counter = FlopCounterMode(display=False)
+        with counter:
+            yield first
+        per_sample = counter.get_total_flops() / max(1, len(first[1]))
+        self.flops += int(round(per_sample * len(first[1])))
+        for batch in it:
+            self.flops += int(round(per_sample * len(batch[1])))
+            yield batch
 
 
 def profile(model: nn.Module, input_shape: Sequence[int], *, latency: bool = False, repeats: int = 20) -> Cost:

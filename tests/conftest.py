@@ -31,7 +31,8 @@ def _deterministic():
 
 @pytest.fixture
 def run_notebook(tmp_path, monkeypatch):
-    """Execute ``analysis/notebooks/trajectories.ipynb`` on a folder; returns its code-cell outputs.
+    """Execute a notebook of ``analysis/notebooks/`` (``trajectories.ipynb`` unless named) top to
+    bottom on a folder (``COMPACTNAS_RUN_DIR``); returns its code-cell outputs, none an error.
 
     A private kernelspec runs *this* interpreter, so a global "python3" kernel (or none at all)
     on the machine cannot change what executes the notebook.
@@ -51,9 +52,9 @@ def run_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
-    def run(folder):
+    def run(folder, notebook: str = "trajectories.ipynb"):
         monkeypatch.setenv("COMPACTNAS_RUN_DIR", str(folder))
-        nb = nbformat.read(root / "analysis" / "notebooks" / "trajectories.ipynb", as_version=4)
+        nb = nbformat.read(root / "analysis" / "notebooks" / notebook, as_version=4)
         client = nbclient.NotebookClient(nb, kernel_name="compactnas-test", timeout=180,
                                          resources={"metadata": {"path": str(root / "analysis" / "notebooks")}})
         client.execute()

@@ -18,7 +18,7 @@ def test_growth_demo_config_under_nnictl(tmp_path):
     config["trialCodeDirectory"] = str(REPO)
     config["searchSpace"] = {"family": {"_type": "choice", "_value": ["resnet20", "basic3resnet"]},
                              "budget": {"_type": "choice", "_value": [0.35]}}
-    config["trialCommand"] += " --epochs 2 --limit 64 --max_blocks 2 --progress false"
+    config["trialCommand"] += " --epochs 2 --limit 64 --max_blocks 2 --progress false --allow_degenerate true"
     config["maxTrialNumber"] = 2
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
         assert exp.succeeded(2), exp.log_tail()

@@ -19,7 +19,7 @@ def test_scope_study_under_nnictl(tmp_path, run_notebook):
         "searchSpace": {"scope": {"_type": "choice", "_value": ["none", "s", "m"]}},
         "trialCommand": ("python -m experiments.trial proxyless --dataset digits --limit 64 --width 0.0625 "
                          "--batch_size 32 --search_epochs 2 --retrain_epochs 1 --threads 1 --device cpu "
-                         "--progress false"),
+                         "--progress false --allow_degenerate true"),
         "trialCodeDirectory": str(REPO),
         "trialConcurrency": 2,
         "maxTrialNumber": 3,

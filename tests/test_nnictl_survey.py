@@ -20,7 +20,7 @@ def test_compact_survey_demo_config_under_nnictl(tmp_path):
     variants = ["baseline", "morphnet", "gensynth"]
     config["searchSpace"] = {"variant": {"_type": "choice", "_value": variants}}
     config["trialCommand"] += (" --epochs 2 --finetune_epochs 1 --limit 96 --image_size 8 --stage_blocks [1,1,1]"
-                               " --width 0.25 --progress false")
+                               " --width 0.25 --progress false --allow_degenerate true")
     config["maxTrialNumber"] = len(variants)
     with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
         assert exp.succeeded(3), exp.log_tail()

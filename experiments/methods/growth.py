@@ -28,7 +28,7 @@ from strategies.training import cosine_schedule, evaluate, sgd_nesterov, train_e
 
 from ..data import make_loaders
 from ..harness import CommonConfig, RunContext, load_images, per_sample_train_flops, pick, resolve_device
-from ..runfolder import atomic_torch_save
+from ..export import test_batch
 
 __all__ = ["GrowthTrialConfig", "run"]
 
@@ -135,7 +135,7 @@ def run(cfg: GrowthTrialConfig, ctx: RunContext) -> dict[str, Any]:
         finetune.run(finetune_epoch, state={"model": compact, "opt": opt, "sched": sched})
     compact.eval()
     test = evaluate(compact, test_loader, device)
-    atomic_torch_save({k: v.detach().cpu() for k, v in compact.state_dict().items()}, ctx.run.file("model.pt"))
+    ctx.save_model(compact, test_batch(test_loader), val=val_loader, num_classes=splits.num_classes)
     cost = costmodel.profile(compact.cpu(), splits.input_shape)
     full = costmodel.profile(build_compact(full_arch(layout)), splits.input_shape)
     savings = totals["full_train_flops"] / totals["train_flops"] if totals["train_flops"] else 0.0

@@ -20,8 +20,8 @@ from strategies.proxyless import ProxylessConfig, ProxylessSearch
 from strategies.training import cosine_schedule, evaluate, fit_epoch, sgd_nesterov
 
 from ..data import make_loaders
+from ..export import test_batch
 from ..harness import CommonConfig, RunContext, load_images, pick, resolve_device
-from ..runfolder import atomic_torch_save
 
 __all__ = ["ProxylessTrialConfig", "run"]
 
@@ -69,9 +69,13 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
         search = ProxylessSearch(scoped_resnet(cfg.scope, **space_kwargs), pick(ProxylessConfig, cfg),
                                  input_shape=splits.input_shape, seed=cfg.seed, device=device)
 
+        counted = costmodel.CountedLoader(train_loader)   # the search's training FLOPs (its cost)
+
         def search_epoch(epoch: int, bar) -> dict[str, Any]:
-            return search.run_epoch(epoch, train_loader, val_loader,
-                                    record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
+            before = counted.flops
+            row = search.run_epoch(epoch, counted, val_loader,
+                                   record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
+            return {**row, "train_flops": counted.flops - before}
 
         search_phase.run(search_epoch, state={"search": search}, until=search.should_stop)
         found = search_phase.finish({"arch": search.export(), "exit_epoch": search.exit.exit_epoch})
@@ -97,7 +101,7 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
                         desc=f"retrain scope={cfg.scope}")
     retrain.run(retrain_epoch, state={"model": model, "opt": opt, "sched": sched})
     test = evaluate(model, test_loader, device)
-    atomic_torch_save(model.state_dict(), ctx.run.file("model.pt"))
+    ctx.save_model(model, test_batch(test_loader), val=val_loader, num_classes=splits.num_classes)
     return {
         "default": test.acc,
         "top1": test.acc,

@@ -85,7 +85,7 @@ from search_spaces.feedforward import FeedForwardNet
 from search_spaces.lenet import LENET_FC, ImageScannModel, lenet5
 from strategies.dimred import (
     DR_METHODS,
-    DR_SELECTS,
+    DrSelect,
     INDUCTIVE_METHODS,
     DREval,
     RangeNormalizer,
@@ -112,6 +112,7 @@ from strategies.scann import (
 from strategies.training import evaluate, fit_epoch
 
 from ..data import TABULAR_DATASETS, load_tabular_dataset, make_loaders
+from ..export import degeneracy, test_batch
 from ..harness import CommonConfig, RunContext, load_images, resolve_device
 from ..runfolder import atomic_torch_save, atomic_write_bytes
 
@@ -151,7 +152,7 @@ class ScannTrialConfig(CommonConfig, ScannConfig):
     dr_ratio: float = 0.5
     dr_methods: tuple[str, ...] = ()
     dr_ratios: tuple[float, ...] = (0.75, 0.5, 0.25)
-    dr_select: str = "best"
+    dr_select: DrSelect = "best"
     allow_transductive: bool = False
     # baseline
     baseline_hidden: tuple[int, ...] = ()
@@ -176,8 +177,6 @@ class ScannTrialConfig(CommonConfig, ScannConfig):
             check_ratio(r, "dr_ratios")
         if not self.dr_ratios:
             raise UserError("dr_ratios needs at least one ratio")
-        if self.dr_select not in DR_SELECTS:
-            raise UserError(f"dr_select must be one of {', '.join(DR_SELECTS)}, got {self.dr_select!r}")
         if self.dr_select != "best" and self.dr_method != "search":
             raise UserError(f"dr_select={self.dr_select} applies to dr_method=search (Algorithm 1) only, "
                             f"not dr_method={self.dr_method}")
@@ -483,7 +482,7 @@ def _synthesize(cfg: ScannTrialConfig, ctx: RunContext, prep: dict[str, Any], de
         ctx.run.append("structure", {k: rec[k] for k in STRUCTURE_KEYS})
         bar.update(1)
         bar.set_postfix(val=f"{rec['val_acc']:.3f}", conn=rec["connections"], refresh=False)
-        return {k: rec[k] for k in METRIC_KEYS}
+        return {**{k: rec[k] for k in METRIC_KEYS}, "train_flops": rec["train_flops"]}
 
     ctx.phase("scann", scfg.iterations + 1, desc=f"SCANN scheme {scfg.scheme}").run(iteration, state={"synth": synth})
     return synth
@@ -626,19 +625,57 @@ def _choose(cfg: ScannTrialConfig, ctx: RunContext, prep: dict[str, Any], synth:
     return (*synth.selected(cfg.select), None, None)
 
 
-def _export(cfg: ScannTrialConfig, ctx: RunContext, prep: dict[str, Any], chosen) -> Any:
-    """Write ``arch.json``, ``model.pt``, ``masked.pt`` and ``preprocess.pkl`` of ``chosen``."""
-    exported = export_network(FeedForwardNet.from_snapshot(chosen.snapshot), prep["feature_names"])
-    ctx.run.write_json("arch.json", {"method": "scann", "dataset": cfg.dataset, "mode": prep["mode"],
-                                     "scheme": cfg.scheme, "select": cfg.select, "selected_iteration": chosen.iteration,
-                                     **exported.arch, "baseline_hidden": prep["baseline"]["hidden"], "dr": prep["dr"],
-                                     "preprocess": prep["preprocess"]})
+def _check_data(cfg: ScannTrialConfig, prep: dict[str, Any]):
+    """The exported network's inputs: ``(test batch, validation data)`` -- the (reduced) feature
+    tensors, or in image mode the images (the exported model holds the feature extractor)."""
+    data: TensorData = prep["data"]
+    if prep["mode"] == "image":
+        splits = load_images(replace(cfg, augment=False, download=False))
+        _, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
+        return test_batch(test_loader), val_loader
+    return test_batch(data.test if data.test is not None else data.val), data.val
+
+
+def _network(prep: dict[str, Any], ck, device: torch.device):
+    """``(exported network, the model to save)`` of checkpoint ``ck`` (image mode: extractor + FC)."""
+    exported = export_network(FeedForwardNet.from_snapshot(ck.snapshot), prep["feature_names"])
     model = exported.pruned
     if prep["mode"] == "image":
         extractor = lenet5(prep["num_classes"], tuple(prep["input_shape"])).features
         extractor.load_state_dict(prep["extractor"])
         model = ImageScannModel(extractor, exported.pruned)
-    atomic_torch_save(model.state_dict(), ctx.run.file("model.pt"))
+    return exported, model.to(device)
+
+
+def _healthy(cfg: ScannTrialConfig, prep: dict[str, Any], synth: ScannSynthesis, chosen, example, val,
+             device: torch.device):
+    """The checkpoint to export: ``chosen``, or -- when its network is degenerate
+    (:func:`experiments.export.degeneracy`) -- the best-validation healthy one among the other
+    checkpoints the synthesis kept; ``(checkpoint, exported, model, why it fell back or "")``.
+    With none healthy it stays ``chosen`` (and ``save_model`` ends the trial with the reason)."""
+    exported, model = _network(prep, chosen, device)
+    reason, _ = degeneracy(model, example.to(device), val, prep["num_classes"], device=device)
+    if reason is None or cfg.allow_degenerate:
+        return chosen, exported, model, ""
+    others = {c.iteration: c for c in (synth.best, synth.compact, *synth.checkpoints)
+              if c is not None and c.iteration != chosen.iteration}
+    for ck in sorted(others.values(), key=lambda c: (-c.val_acc, c.params, c.iteration)):
+        exp, mod = _network(prep, ck, device)
+        if degeneracy(mod, example.to(device), val, prep["num_classes"], device=device)[0] is None:
+            return ck, exp, mod, (f"iteration {chosen.iteration} (select={cfg.select}) was degenerate: {reason}; "
+                                  f"exported iteration {ck.iteration}, the best-validation healthy checkpoint")
+    return chosen, exported, model, ""
+
+
+def _export(cfg: ScannTrialConfig, ctx: RunContext, prep: dict[str, Any], chosen, exported, model, fallback: str,
+            example, val) -> Any:
+    """Write ``arch.json``, ``model.pt`` + ``model.onnx`` (``ctx.save_model``), ``masked.pt`` and
+    ``preprocess.pkl`` of ``chosen``."""
+    ctx.run.write_json("arch.json", {"method": "scann", "dataset": cfg.dataset, "mode": prep["mode"],
+                                     "scheme": cfg.scheme, "select": cfg.select, "selected_iteration": chosen.iteration,
+                                     **exported.arch, "baseline_hidden": prep["baseline"]["hidden"], "dr": prep["dr"],
+                                     "preprocess": prep["preprocess"]})
+    ctx.save_model(model, example, val=val, num_classes=prep["num_classes"], fallback=fallback)
     atomic_torch_save(exported.masked, ctx.run.file("masked.pt"))
     if prep["preprocess_objects"] is not None:
         atomic_write_bytes(ctx.run.file("preprocess.pkl"), pickle.dumps(prep["preprocess_objects"]))
@@ -716,7 +753,9 @@ def _run(cfg: ScannTrialConfig, ctx: RunContext) -> dict[str, Any]:
     prep = _prepare(cfg, ctx, device)
     synth = _synthesize(cfg, ctx, prep, device)
     chosen, met, cv_base, cv_acc = _choose(cfg, ctx, prep, synth, device)
-    exported = _export(cfg, ctx, prep, chosen)
+    example, val = _check_data(cfg, prep)
+    chosen, exported, model, fallback = _healthy(cfg, prep, synth, chosen, example, val, device)
+    exported = _export(cfg, ctx, prep, chosen, exported, model, fallback, example, val)
     seconds = sum(ctx.state["phases"][p]["time_s"] for p in PHASES if p in ctx.state["phases"])
     summary = _summary(cfg, prep, synth, chosen, met, exported, cv_base, cv_acc, seconds)
     ctx.run.file("prep.pt").unlink(missing_ok=True)

@@ -24,7 +24,11 @@ target.  We make it executable, with our methods in it.  ``variant`` picks the r
 * ``scann`` - SCANN (paper 002) where it applies: it synthesises feed-forward networks, so it
   runs on ``digits`` as a table (64 pixel features); other data sets are an error (exit 2);
 * ``gensynth`` - Generative Synthesis has no public algorithm: the row holds the survey's
-  published numbers (:data:`strategies.survey.PUBLISHED`), marked ``source: published``.
+  published numbers (:data:`strategies.survey.PUBLISHED`), marked ``source: published`` and
+  ``measured: 0``, under their own keys (``published_top1``, ``published_params``,
+  ``published_flops``, ``published_target_deviation``): its measured figures (``default``,
+  ``top1``, ``params``, ``flops`` ...) are 0, so the web UI never lists a published CIFAR-10
+  accuracy beside accuracies measured in this study (the analysis table shows the published row).
 
 So every *final* network is trained for the same ``epochs + finetune_epochs`` epochs; what a
 method spends before that is its search cost, reported as ``search_time_s`` (and training FLOPs
@@ -48,7 +52,7 @@ from strategies.training import TrainingPhase, cosine_schedule, evaluate, fit_ep
 
 from ..data import make_loaders
 from ..harness import CommonConfig, RunContext, load_images, per_sample_train_flops, resolve_device
-from ..runfolder import atomic_torch_save
+from ..export import test_batch
 
 __all__ = ["SurveyTrialConfig", "VARIANTS", "OURS", "SURVEY_BASELINES", "run"]
 
@@ -163,7 +167,7 @@ def train_final(model: nn.Module, cfg: SurveyTrialConfig, ctx: RunContext, loade
         tr, _, row = fit_epoch(model, train_loader, val_loader, opt, scheduler=sched, device=device,
                                where=f"{phase} epoch {epoch}", bar=bar)
         ctx.state["train_flops"] = ctx.state.get("train_flops", 0) + per_sample * tr.n
-        return {**row, "params": cost.params, "flops": cost.flops}
+        return {**row, "params": cost.params, "flops": cost.flops, "train_flops": per_sample * tr.n}
 
     ctx.phase(phase, epochs, seed=cfg.seed, reseed=1, loader=train_loader, desc=f"{cfg.variant}: {phase}").run(
         epoch_fn, state={"model": model, "opt": opt, "sched": sched})
@@ -176,7 +180,7 @@ def _finish(model: nn.Module, arch: dict, cfg: SurveyTrialConfig, ctx: RunContex
     model.eval()
     test = evaluate(model, loaders[2], device)
     model.cpu()
-    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ctx.run.file("model.pt"))
+    ctx.save_model(model, test_batch(loaders[2]), val=loaders[1])
     ctx.run.write_json("arch.json", arch)
     return _row(cfg, top1=test.acc, test_loss=test.loss, params=cost.params, flops=cost.flops, baseline=baseline,
                 target=target, times=_times(ctx), train_flops=ctx.state.get("train_flops", 0), info=info)
@@ -184,7 +188,10 @@ def _finish(model: nn.Module, arch: dict, cfg: SurveyTrialConfig, ctx: RunContex
 
 def _row(cfg: SurveyTrialConfig, *, top1: float, params: float, flops: float, baseline: costmodel.Cost | None,
          target: float, times: dict[str, float], train_flops: float, info: dict[str, Any],
-         test_loss: float | None = None, source: str = "measured") -> dict[str, Any]:
+         test_loss: float | None = None, source: str = "measured",
+         measured_target: float | None = None) -> dict[str, Any]:
+    """The trial's summary row.  ``target``: the FLOPs target the row is judged against (a published
+    row: the survey's own, for its distance); ``measured_target``: this study's (published rows)."""
     deviation = flops / target - 1
     row = {
         "default": top1,
@@ -210,6 +217,14 @@ def _row(cfg: SurveyTrialConfig, *, top1: float, params: float, flops: float, ba
         "dataset": cfg.dataset,
         "family": cfg.family,
     }
+    # published numbers under their own keys (0 in measured rows: the same numeric keys in every trial)
+    published = ("top1", "params", "flops", "target_deviation")
+    row.update({f"published_{k}": row[k] if source == "published" else 0 for k in published})
+    row["measured"] = int(source == "measured")
+    if source == "published":   # nothing was measured: no figure of another setting in a measured column
+        row.update({k: 0 for k in ("default", *published, "reached", "baseline_params", "baseline_flops",
+                                   "flops_ratio")})
+        row["target_flops"] = target if measured_target is None else measured_target
     if test_loss is not None:
         row["test_loss"] = test_loss
     # the compressor's own figures (threshold, multiplier ...); "method" stays the trial's method
@@ -246,6 +261,7 @@ def _run_compressor(cfg, ctx, splits, layout, loaders, device, baseline, target)
         def epoch_fn(epoch: int, bar) -> dict[str, Any]:
             row = comp.train_epoch(epoch, train_loader, bar=bar)
             ctx.state["train_flops"] = ctx.state.get("train_flops", 0) + per_sample * len(train_loader.dataset)
+            row = {**row, "train_flops": per_sample * len(train_loader.dataset)}
             net = getattr(comp, "net", None)
             if isinstance(net, nn.Module):
                 val = evaluate(net, val_loader, device)
@@ -318,9 +334,13 @@ def _run_proxyless(cfg, ctx, splits, layout, loaders, device, baseline, target):
         search = ProxylessSearch(choice_space(layout, ratios=cfg.proxyless_ratios), pcfg,
                                  input_shape=splits.input_shape, seed=cfg.seed, device=device)
 
+        counted = costmodel.CountedLoader(train_loader)
+
         def epoch_fn(epoch: int, bar) -> dict[str, Any]:
-            return search.run_epoch(epoch, train_loader, val_loader,
-                                    record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
+            before = counted.flops
+            row = search.run_epoch(epoch, counted, val_loader,
+                                   record=lambda rows: ctx.run.append("trajectory", rows, flush=False), bar=bar)
+            return {**row, "train_flops": counted.flops - before}
 
         search_phase.run(epoch_fn, state={"search": search})
         search_phase.finish({"choices": search.export()})
@@ -361,7 +381,8 @@ def _run_epnas(cfg, ctx, splits, layout, loaders, device, baseline, target):
             if not queue:   # a resumed controller proposes its pending networks first
                 queue.extend(ctl.propose())
             key, arch, meta = queue.pop(0)
-            acc = _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, meta["trial"])
+            acc, flops = _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, meta["trial"])
+            search.add_train_flops(flops)
             c = arch_cost(arch, space, splits.input_shape, splits.num_classes)
             reward = constrained_reward(acc, {"flops": c.flops}, constraints)
             ctl.tell(key, reward, {"accuracy": acc, "flops": c.flops, "params": c.params})
@@ -391,8 +412,9 @@ def _run_epnas(cfg, ctx, splits, layout, loaders, device, baseline, target):
                                   "retrained from scratch" + ("" if exp["feasible"] else "; no feasible network") + note})
 
 
-def _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, trial: int) -> float:
-    """Proxy-train one proposed network in memory (not checkpointed: it is one step of the search)."""
+def _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, trial: int) -> tuple[float, int]:
+    """Proxy-train one proposed network in memory (not checkpointed: it is one step of the search);
+    ``(validation accuracy, counted training FLOPs)``."""
     from search_spaces.epnas import build_network
 
     torch.manual_seed(cfg.seed * 1000 + trial)
@@ -400,11 +422,13 @@ def _proxy_accuracy(arch, space, cfg, splits, train_loader, val_loader, device, 
     opt = sgd_nesterov(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = cosine_schedule(opt, cfg.epnas_proxy_epochs * len(train_loader))
 
+    counted = costmodel.CountedLoader(train_loader)
+
     def epoch_fn(e: int, bar) -> None:
-        train_epoch(model, train_loader, opt, scheduler=sched, device=device, where=f"epnas proxy {trial} epoch {e}")
+        train_epoch(model, counted, opt, scheduler=sched, device=device, where=f"epnas proxy {trial} epoch {e}")
 
     TrainingPhase(None, "proxy", cfg.epnas_proxy_epochs, seed=cfg.seed, reseed=2, loader=train_loader).run(epoch_fn)
-    return evaluate(model, val_loader, device).acc
+    return evaluate(model, val_loader, device).acc, counted.flops
 
 
 def _run_scann(cfg, ctx, splits, layout, loaders, device, baseline, target):
@@ -437,7 +461,7 @@ def _run_gensynth(cfg, ctx, splits, layout, loaders, device, baseline, target):
     baseline = costmodel.Cost(params=base["params"], flops=int(base["mflops"] * 1e6), bytes=0, intensity=0.0)
     return _row(cfg, top1=float(pub["top1"]) / 100, params=float(pub["params"]), flops=flops,
                 baseline=baseline, target=base["mflops"] * 1e6 / 3, times={},
-                train_flops=float("nan"), source="published",
+                train_flops=float("nan"), source="published", measured_target=target,
                 info={"published_setting": shown, "comparable": int(same),
                       "notes": "Generative Synthesis has no public algorithm: the survey's published numbers"
                                + ("" if same else f" for {shown}, not this setting (not plotted)")})

@@ -13,7 +13,10 @@ Paper: ``../shared/seeds/002_d08e71b4be716ba4.txt``.  The space is
   the RMS of the parent's active weights (the paper gives no scale).
 * :func:`prune_connections` -- magnitude-based pruning (Algorithm 5), by share of the existing
   connections or down to a number of connections; neurons left without connections are removed
-  (:meth:`FeedForwardNet.remove_dead_neurons`, function-preserving).
+  (:meth:`FeedForwardNet.remove_dead_neurons`, function-preserving).  Ours: pruning never cuts
+  the last path from the inputs to the outputs -- the strongest path (:func:`widest_path`: the
+  one whose weakest connection is largest) is always kept, so a keep target below one path's
+  length keeps that path instead of exporting a network whose outputs ignore its inputs.
 
 Masks hold after every optimizer step: the forward pass uses ``weight * mask`` (so dormant
 weights get no gradient), and a step post-hook (:func:`install_mask_hook`) zeroes dormant
@@ -35,7 +38,8 @@ from search_spaces.feedforward import FeedForwardNet, Reindex
 from ..training import check_finite
 
 __all__ = ["connection_scores", "enforce_masks", "full_growth", "grow_connections", "grow_neurons",
-           "install_mask_hook", "make_optimizer", "prune_connections", "remap_optimizer", "reset_optimizer_entries"]
+           "install_mask_hook", "make_optimizer", "prune_connections", "remap_optimizer", "reset_optimizer_entries",
+           "widest_path"]
 
 
 # --------------------------------------------------------------------------- optimizer plumbing
@@ -186,20 +190,55 @@ def grow_neurons(net: FeedForwardNet, X: torch.Tensor, count: int, *, max_neuron
 
 
 @torch.no_grad()
+def widest_path(net: FeedForwardNet, mask: torch.Tensor | None = None) -> list[tuple[int, int]]:
+    """The input-to-output path through ``mask``'s connections (default: the network's) whose
+    weakest ``|w|`` is largest, as ``(row, column)`` entries of the weight matrix, inputs first;
+    ``[]`` when no output is reachable from any input.  One pass over the hidden groups in their
+    order (connections only run from earlier groups to later ones)."""
+    mask = net.mask if mask is None else mask
+    D, H = net.num_inputs, net.num_hidden
+    score = torch.where(mask, net.weight.abs(), torch.full_like(net.weight, -torch.inf))
+    best = torch.full((D + H,), -torch.inf, device=score.device, dtype=score.dtype)
+    best[:D] = torch.inf
+    parent = torch.full((score.shape[0],), -1, dtype=torch.long, device=score.device)
+    for s, e in net.group_bounds():
+        if e > s:
+            val, arg = torch.minimum(score[s:e, :D + s], best[None, :D + s]).max(1)
+            best[D + s:D + e], parent[s:e] = val, arg
+    val, arg = torch.minimum(score[H:], best[None, :]).max(1)
+    parent[H:] = arg
+    k = int(val.argmax())
+    if not bool(torch.isfinite(val[k])):
+        return []
+    path, row = [], H + k
+    while True:
+        col = int(parent[row])
+        path.append((row, col))
+        if col < D:
+            return path[::-1]
+        row = col - D
+
+
+@torch.no_grad()
 def prune_connections(net: FeedForwardNet, *, fraction: float | None = None, keep: int | None = None,
                       optimizer: torch.optim.Optimizer | None = None) -> tuple[int, int]:
     """Magnitude-based pruning (Algorithm 5): drop ``fraction`` of the existing connections, or all
-    but the ``keep`` largest (one global ranking by ``|w|``); then remove neurons left without any
-    connection (Sec. 3.6.3).  Returns ``(connections pruned, neurons removed)``.
+    but the ``keep`` largest (one global ranking by ``|w|``), always keeping the strongest
+    input-to-output path (:func:`widest_path`; at least its length is kept); then remove neurons
+    left without any connection (Sec. 3.6.3).  Returns ``(connections pruned, neurons removed)``.
     """
     if (fraction is None) == (keep is None):
         raise ValueError("give exactly one of fraction=, keep=")
     active = net.connections
+    path = widest_path(net)
     n_keep = round((1 - fraction) * active) if keep is None else int(keep)
-    n_keep = max(1, min(n_keep, active))
+    n_keep = max(1, len(path), min(n_keep, active))
     pruned = active - n_keep
     if pruned > 0:
-        mag = torch.where(net.mask, net.weight.abs(), torch.full_like(net.weight, -1.0)).flatten()
+        mag = torch.where(net.mask, net.weight.abs(), torch.full_like(net.weight, -1.0))
+        for r, c in path:
+            mag[r, c] = torch.inf
+        mag = mag.flatten()
         top = torch.topk(mag, n_keep).indices
         mask = torch.zeros_like(mag, dtype=torch.bool)
         mask[top] = True

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from search_spaces.cost import CountedLoader
 from search_spaces.feedforward import FeedForwardNet
 
 from ..training import TensorLoader, evaluate, train_epoch
@@ -101,8 +102,10 @@ class ScannSynthesis:
         self.tolerance = tolerance
         self.cost_fn = cost_fn or network_cost
         self.generator = torch.Generator().manual_seed(seed)
-        # one generator for the batches and the growth draws, so a resumed synthesis draws the same
-        self.loader = TensorLoader(data.X_train, data.y_train, batch_size=cfg.batch_size, generator=self.generator)
+        # one generator for the batches and the growth draws, so a resumed synthesis draws the same;
+        # counted: each record's ``train_flops`` (the synthesis's training cost)
+        self.loader = CountedLoader(TensorLoader(data.X_train, data.y_train, batch_size=cfg.batch_size,
+                                                 generator=self.generator))
         self.optimizer = make_optimizer(net, cfg)
         self._hook = install_mask_hook(self.optimizer, net)
         enforce_masks(self.optimizer, net)
@@ -199,6 +202,7 @@ class ScannSynthesis:
         t0 = time.time()
         counts = {"grown": 0, "pruned": 0, "neurons_added": 0, "neurons_removed": 0}
         tr = (float("nan"), float("nan"))
+        flops0 = self.loader.flops
         if self.iteration == 0:
             ops = ["seed", "prune"]
             if cfg.initial_epochs:
@@ -214,6 +218,7 @@ class ScannSynthesis:
             self._apply(ops[-1], counts)
             tr, snap, epoch = self._train_tracked(cfg.epochs_per_op, ops[-1])
         record = self._record(ops, counts, tr, time.time() - t0, snap, epoch)
+        record["train_flops"] = self.loader.flops - flops0
         self.iteration += 1
         return record
 
