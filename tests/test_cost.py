@@ -35,3 +35,26 @@ def test_train_flops_count_forward_and_backward_and_keep_grads():
 
 def test_latency_is_positive():
     assert cost.measure_latency(nn.Linear(4, 4), (4,), repeats=3, warmup=1) > 0
+
+
+def test_counted_loader_counts_every_sample_of_every_pass_and_changes_nothing():
+    """A search's counted training FLOPs: the first step of a pass is counted per sample, times
+    every sample of the pass (a last batch of another size included); batches and RNG unchanged."""
+    from strategies.training import TensorLoader, train_epoch
+
+    torch.manual_seed(0)
+    X, y = torch.randn(70, 12), torch.randint(0, 3, (70,))
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    per_sample = cost.count_train_flops(model, X[:32], y[:32]) / 32
+    plain = TensorLoader(X, y, batch_size=32, generator=torch.Generator().manual_seed(1))
+    counted = cost.CountedLoader(TensorLoader(X, y, batch_size=32, generator=torch.Generator().manual_seed(1)))
+    assert len(counted) == 3 and counted.generator is counted.loader.generator
+    for a, b in zip(plain, counted):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert counted.flops == 0    # iterating computes nothing: what runs is what is counted
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rng = torch.get_rng_state()
+    for epoch in (1, 2):
+        train_epoch(model, counted, opt)
+        assert counted.flops == round(per_sample * 70) * epoch
+    assert torch.equal(torch.get_rng_state(), rng)
