@@ -159,7 +159,7 @@ class ExperimentRun:
         """``$NNI_OUTPUT_DIR`` of a trial (local training service), or its run folder brought home
         from a remote host (:meth:`fetch`, ``<experiment>/trials/<id>``)."""
         fetched = self.experiment_dir / "trials" / trial_job_id
-        if (fetched / "config.json").is_file():
+        if fetched.is_dir():
             return fetched
         for job in self.trial_jobs:
             if job.get("trialJobId") == trial_job_id and job.get("logPath"):

@@ -120,6 +120,41 @@ def test_scope_study_over_two_hosts_runs_what_the_web_ui_shows(hosts, tmp_path, 
         assert (exp.experiment_dir / "analysis" / "table1.csv").is_file()
 
 
+def test_results_and_trial_end_ids_are_right_on_remote_hosts(hosts, tmp_path):
+    """NNI's parameter mix-up (microsoft/nni#5726) on the remote service: 6 echo trials, 3 at a time
+    over 2 hosts, with a customized tuner that logs its callbacks.  Every trial ran and reported
+    under the parameters the web UI shows, and the tuner got each result and each ``trial_end``
+    under the parameter id of the trial that ran it (the end after that trial's result)."""
+    from test_nni_concurrency import N_TRIALS, _collect, _config, _tuner_log
+
+    config = _config("bridge", tmp_path, "custom")
+    # the fixture is not uploaded (.nniignore: tests); a loopback host sees it at its path here
+    config["trialCommand"] = config["trialCommand"].replace("tests/fixtures/", f"{REPO}/tests/fixtures/")
+    config["trainingService"] = remote_training_service(hosts, python_path=PYTHON_PATH)
+    with run_experiment(config, tmp_path=tmp_path, timeout=600) as exp:
+        assert exp.succeeded(N_TRIALS), exp.log_tail()
+        for h in hosts:   # each trial's ran.json, from the host that ran it (loopback: its home is here)
+            for f in Path(h.home, "nni-experiments", exp.experiment_id).glob("environments/*/trials/*/ran.json"):
+                (exp.experiment_dir / "trials" / f.parent.name).mkdir(parents=True, exist_ok=True)
+                (exp.experiment_dir / "trials" / f.parent.name / "ran.json").write_bytes(f.read_bytes())
+        rows = _collect(exp)
+        envs = {m[1] for j in exp.trial_jobs if (m := re.search(r"(?:environments|envs)/([^/]+)", j.get("logPath", "")))}
+    assert len(envs) == 2   # both hosts ran trials
+    for r in rows:
+        assert r["ran"]["parameters"] == r["ui"]["parameters"] and r["ran"]["parameter_id"] == r["ui"]["parameter_id"]
+        assert str(r["final"]["parameterId"]) == str(r["ui"]["parameter_id"])
+        assert r["final"]["data"]["default"] == float(r["ui"]["parameters"]["x"])
+    log = _tuner_log(tmp_path)
+    results = [e for e in log if e["event"] == "result"]
+    ends = [e for e in log if e["event"] == "trial_end"]
+    assert len(results) == len(ends) == N_TRIALS, log
+    for e in results:
+        assert e["value"]["x"] == float(e["parameters"]["x"]), e
+    for end in ends:
+        res = next(e for e in results if e["parameter_id"] == end["parameter_id"])
+        assert log.index(res) < log.index(end), (end, log)
+
+
 def _epnas_config(hosts, shared: Path, *, reuse: bool, episodes: int = 2) -> dict:
     args = {"space": "layer", "branches": 2, "episodes": episodes, "steps": 1, "max_layers": 4, "params_max": 20000,
             "input_shape": [1, 8, 8], "seed": 0}
