@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from experiments.runfolder import measurements_aside
+
 REPO = Path(__file__).resolve().parents[1]
 _IMG = "--dataset digits --limit 96 --batch_size 32 --threads 1 --device cpu --progress false --seed 3"
 #: name -> trial arguments (valid at every commit since the trial entry point exists).
@@ -38,18 +40,12 @@ RUNS = {
 }
 
 
-def _timeless(obj):
-    if isinstance(obj, dict):
-        return {k: _timeless(v) for k, v in obj.items() if "time" not in k and "latency" not in k}
-    return obj
-
-
 def _run(tree: Path, args: str, out: Path) -> dict | str:
     cmd = [sys.executable, "-m", "experiments.trial", *args.split(), "--run-dir", str(out)]
     done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
     if done.returncode != 0:
         return f"exit {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1][:200]}"
-    return _timeless(json.loads((out / "summary.json").read_text()))
+    return measurements_aside(json.loads((out / "summary.json").read_text()))
 
 
 def _same(a, b) -> bool:

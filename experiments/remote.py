@@ -19,7 +19,11 @@ run the same check before ``nnictl create``.
 While an experiment runs, :class:`HostWatch` reads the manager's log for what NNI 3.0 reports but
 does not act on: in reuse mode a host that died leaves its trials RUNNING forever while the log
 says ``pid in <host>:<dir>/envs/<env>/pid is not alive!`` every 5 s; the watch cancels those
-trials (NNI then marks them ``USER_CANCELED``) so the experiment finishes on the other hosts.  In
+trials (NNI then marks them ``USER_CANCELED``) so the experiment finishes on the other hosts.  It
+cancels them only once no trial runs or waits on a live host for ``grace_s``: NNI's dispatcher
+hands a new trial to any idle environment, the dead one included, so a lost trial cancelled
+early frees the dead host for the next trial, which is lost in turn; held until then, it keeps
+the dead environment busy and the remaining trials run on the live hosts.  In
 ``reuseMode: false`` NNI ends such trials itself (also as ``USER_CANCELED``: its compatibility
 layer gives every trial that stopped without an exit code that status,
 ``nni_node/training_service/v3/compat.js``), and the watch only names the lost host.
@@ -32,6 +36,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -164,7 +169,9 @@ class HostWatch:
 
     ``poll(jobs, cancel)`` returns one-line notes for what happened since the last poll; ``cancel``
     is called with the id of each trial the watch ends.  ``strikes``: how many "not alive" reports
-    of one environment count as a dead host (NNI repeats it every 5 s).
+    of one environment count as a dead host (NNI repeats it every 5 s); ``grace_s``: how long no
+    trial may run or wait on a live host before the lost ones are ended (two of NNI's 5-s ticks
+    and more: the manager submits the next trial on a tick).  ``clock``: for tests.
     """
 
     log_path: Path
@@ -175,6 +182,9 @@ class HostWatch:
     dead_envs: set[str] = field(default_factory=set)
     lost_workers: set[str] = field(default_factory=set)
     cancelled: set[str] = field(default_factory=set)
+    grace_s: float = 15.0
+    clock: Callable[[], float] = time.monotonic
+    idle_since: float | None = None
 
     def _new_lines(self) -> list[str]:
         try:
@@ -196,7 +206,7 @@ class HostWatch:
                 if self.counts[m["env"]] >= self.strikes and m["env"] not in self.dead_envs:
                     self.dead_envs.add(m["env"])
                     notes.append(f"warning: environment {m['env']} on host {m['host']} is not alive "
-                                 f"({self.strikes} checks); ending its trials")
+                                 f"({self.strikes} checks); its trials end when the live hosts are done")
                 continue
             w = _WORKER_LOST.search(line)
             if w and w["worker"] not in self.lost_workers:
@@ -204,14 +214,23 @@ class HostWatch:
                 i = int(w["worker"]) - 1
                 who = _describe(self.machines[i]) if 0 <= i < len(self.machines) else f"worker {w['worker']}"
                 notes.append(f"warning: host {who} stopped answering; NNI ends its running trials")
-        for job in jobs:
-            tid, log = job.get("trialJobId"), str(job.get("logPath") or "")
-            if job.get("status") not in ("RUNNING", "WAITING") or tid in self.cancelled:
-                continue
-            if any(f"/envs/{env}" in log for env in self.dead_envs):
-                self.cancelled.add(tid)
-                cancel(tid)
-                notes.append(f"warning: trial {tid} ended: its host is gone")
+        active = [j for j in jobs
+                  if j.get("status") in ("RUNNING", "WAITING") and j.get("trialJobId") not in self.cancelled]
+        lost = [j for j in active if any(f"/envs/{env}" in str(j.get("logPath") or "") for env in self.dead_envs)]
+        if not lost or len(lost) < len(active):   # a live host still has work: hold the lost trials
+            self.idle_since = None
+            return notes
+        now = self.clock()
+        if self.idle_since is None:
+            self.idle_since = now
+        if now - self.idle_since < self.grace_s:
+            return notes
+        for job in lost:
+            tid = job["trialJobId"]
+            self.cancelled.add(tid)
+            cancel(tid)
+            notes.append(f"warning: trial {tid} ended: its host is gone")
+        self.idle_since = None
         return notes
 
 

@@ -28,7 +28,21 @@ from typing import Any, Iterable
 
 from search_spaces.files import atomic_torch_save, atomic_write_bytes, atomic_write_text
 
-__all__ = ["RunFolder", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "default_run_dir"]  # writers re-exported from search_spaces.files
+# the atomic writers are re-exported from search_spaces.files
+__all__ = ["RunFolder", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "default_run_dir",
+           "measurements_aside"]
+
+
+def measurements_aside(obj: Any) -> Any:
+    """``obj`` (a summary, a config record, a metrics row) without what differs between any two runs
+    of the same config: measured times (wall, CPU: keys with ``time``), latencies and the machine
+    (``env``).  Two runs of one config on one machine are equal on what remains."""
+    if isinstance(obj, dict):
+        return {k: measurements_aside(v) for k, v in obj.items()
+                if "time" not in k and "latency" not in k and k != "env"}
+    if isinstance(obj, list):
+        return [measurements_aside(v) for v in obj]
+    return obj
 
 
 def _jsonable(obj: Any) -> Any:

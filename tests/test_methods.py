@@ -21,6 +21,7 @@ import torch
 from experiments import nni_bridge
 from experiments.config import build_config
 from experiments.harness import RunContext, execute
+from experiments.runfolder import measurements_aside
 from experiments.methods import METHODS
 from strategies.training import TrainingPhase
 
@@ -80,19 +81,11 @@ def _execute(case: str, folder: Path, monkeypatch, kill_at: tuple[str, int] | No
 
 def _timeless_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: v for k, v in row.items() if "time" not in k} for row in csv.DictReader(f)]
+        return [measurements_aside(row) for row in csv.DictReader(f)]
 
 
 def _timeless_json(path: Path):
-    def strip(obj):
-        if isinstance(obj, dict):
-            # measured times (wall, CPU, onnxruntime latency) differ between any two runs
-            return {k: strip(v) for k, v in obj.items() if "time" not in k and "latency" not in k and k != "env"}
-        if isinstance(obj, list):
-            return [strip(v) for v in obj]
-        return obj
-
-    return strip(json.loads(path.read_text()))
+    return measurements_aside(json.loads(path.read_text()))
 
 
 def _same_files(a: Path, b: Path) -> None:

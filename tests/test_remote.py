@@ -23,6 +23,7 @@ from analysis.remote import fetch_run_folders
 from experiments.launch import run_experiment
 from experiments.loopback_hosts import HostsUnavailable, loopback_hosts, remote_training_service
 from experiments.remote import apply_overlay, check_hosts, load_yaml
+from experiments.runfolder import measurements_aside
 from search_spaces.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,10 +73,6 @@ def _proxyless_config(hosts, scopes, *, reuse=False, concurrency=2, extra="", **
     }
 
 
-def _timeless(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if "time" not in k}
-
-
 def _local_summary(tmp_path: Path, params: dict, extra: str = "") -> dict:
     """The same trial standalone on this machine (same seed, same settings)."""
     from experiments import trial
@@ -104,7 +101,8 @@ def test_scope_study_over_two_hosts_runs_what_the_web_ui_shows(hosts, tmp_path, 
             final = exp.final_metric(tid)
             summary = json.loads((exp.trial_output_dir(tid) / "summary.json").read_text())
             assert final["default"] == summary["default"] and final["params"] == summary["params"]
-            assert _timeless(summary) == _timeless(_local_summary(tmp_path, {"scope": shown["parameters"]["scope"]}))
+            local = _local_summary(tmp_path, {"scope": shown["parameters"]["scope"]})
+            assert measurements_aside(summary) == measurements_aside(local)
             for name in ("metrics.csv", "arch.json", "model.pt"):
                 assert (exp.trial_output_dir(tid) / name).is_file(), name
             seen.add(shown["parameters"]["scope"])
@@ -232,6 +230,32 @@ def test_a_host_that_dies_mid_trial_does_not_stall_the_experiment(tmp_path, reus
         assert killed and time.monotonic() - killed[0] < 300
         assert statuses.count("SUCCEEDED") == 2 and len(statuses) == 3, statuses
         assert any(("not alive" in n) if reuse else (own[1].user in n or "stopped answering" in n) for n in notes), notes
+
+
+def test_host_watch_holds_a_lost_trial_until_the_live_hosts_are_done(tmp_path):
+    """Reuse mode: a trial on a dead environment is ended only when nothing runs or waits on a live
+    host for the grace period -- held, it keeps NNI from handing the dead host the next trial."""
+    from experiments.remote import HostWatch
+
+    log = tmp_path / "nnimanager.log"
+    log.write_text("".join(f"[t] INFO (RemoteEnvironmentService) pid in 127.0.0.1:/tmp/nni-experiments/x/envs/DEAD/pid "
+                           "is not alive!\n" for _ in range(3)))
+    now = [0.0]
+    watch = HostWatch(log, [], grace_s=15.0, clock=lambda: now[0])
+    lost = {"trialJobId": "L", "status": "RUNNING", "logPath": "file://h/tmp/nni-experiments/x/envs/DEAD/trials/L"}
+    live = {"trialJobId": "A", "status": "RUNNING", "logPath": "file://h/tmp/nni-experiments/x/envs/LIVE/trials/A"}
+    ended: list[str] = []
+    notes = watch.poll([lost, live], ended.append)
+    assert any("DEAD" in n and "not alive" in n for n in notes) and ended == []
+    now[0] = 100.0
+    assert watch.poll([lost, dict(live, status="SUCCEEDED"), {"trialJobId": "B", "status": "WAITING"}],
+                      ended.append) == [] and ended == []          # the next trial waits: still held
+    watch.poll([lost, dict(live, status="SUCCEEDED")], ended.append)
+    now[0] = 110.0
+    assert watch.poll([lost], ended.append) == [] and ended == []  # within the grace period
+    now[0] = 116.0
+    assert watch.poll([lost], ended.append) == ["warning: trial L ended: its host is gone"] and ended == ["L"]
+    assert watch.poll([lost], ended.append) == [] and ended == ["L"]   # once
 
 
 def test_stop_then_resume_a_remote_experiment(hosts, tmp_path):
