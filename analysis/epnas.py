@@ -22,6 +22,10 @@ nnictl trial's ``$NNI_OUTPUT_DIR`` is one):
 * ``lineage.png`` - which network each came from (``parent``) and by which morph (``action``),
   for the study that holds the best EPNAS trial: one node per trial at (episode/step, branch),
   coloured by reward, the best trial's ancestry drawn thick;
+* ``final.csv`` - the results table of the fully trained networks (the tuner's last trials,
+  ``final = 1``), like the paper's Tables 4-5: test accuracy / error, params, FLOPs, and the search
+  cost in trained models, CPU hours and GPU hours (:func:`final_table`); the other files
+  describe the search trials only;
 * ``best_arch.png`` - the best *feasible* architecture (best reward if none is feasible) as a
   diagram: a box per layer (branch) with op / filter / channels, Src1 / Src2 skips as arrows.
 """
@@ -38,7 +42,7 @@ from matplotlib.ticker import MaxNLocator
 from .output import _atomic, save_csv, save_figure
 from .plots import panel_grid
 
-__all__ = ["METHOD", "trials_table", "episodes_table", "curves_table", "plot_search", "plot_curves", "plot_episodes",
+__all__ = ["METHOD", "trials_table", "final_table", "study_output", "episodes_table", "curves_table", "plot_search", "plot_curves", "plot_episodes",
            "plot_lineage", "plot_arch", "report_study"]
 
 METHOD = "epnas"
@@ -71,6 +75,13 @@ def trials_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         row["entropy"] = np.nan if entropy is None else float(entropy)
         row["action"] = summary.get("action", cfg.get("action")) or ""
         row["epochs"] = summary.get("epochs_trained", cfg.get("stop_epoch", np.nan))
+        row["final"] = int(summary.get("final", cfg.get("final", 0)) or 0)
+        row["test_acc"] = summary.get("test_acc", np.nan)
+        row["cpu_time_s"] = summary.get("cpu_time_s", np.nan)
+        row["wall_time_s"] = summary.get("wall_time_s", summary.get("train_time_s", np.nan))
+        row["device"] = summary.get("device") or ("cuda" if str(cfg.get("device", "")).startswith("cuda") else "cpu")
+        for k in ("final_rank", "final_asked", "final_found", "final_epochs"):
+            row[k] = cfg.get(k, np.nan)
         row["study"] = str(d.parent)
         row["run_dir"] = str(d)
         rows.append(row)
@@ -79,6 +90,41 @@ def trials_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     t = pd.DataFrame(rows)
     t["feasible"] = np.isclose(t["reward"], t["accuracy"], rtol=0, atol=1e-12)
     return t.sort_values(["trial", "run_dir"]).reset_index(drop=True)
+
+
+def final_table(t: pd.DataFrame) -> pd.DataFrame:
+    """The paper-style results table (EPNAS Tables 4-5): one row per fully trained network of each
+    study (experiment), best first, with the search that found it.
+
+    Columns: ``study, algorithm, final_rank, trial, source_trial, test_acc, test_error_pct, params,
+    params_m, flops, mflops, intensity, feasible, final_epochs`` and the search cost of the study -
+    ``search_models`` (networks trained by the search), ``search_epochs`` (their training epochs),
+    ``search_cpu_hours`` (their process CPU hours) and ``search_gpu_hours`` (wall hours of those
+    that ran on a GPU; the paper's GPU days x 24) - plus ``note`` when fewer networks were trained
+    than ``final_top_k`` asked (the search found fewer feasible ones)."""
+    if t.empty or "final" not in t or not (t["final"] == 1).any():
+        return pd.DataFrame()
+    rows = []
+    for study, g in t.groupby("study", sort=True):
+        search, final = g[g["final"] != 1], g[g["final"] == 1]
+        if final.empty:
+            continue
+        gpu = search["device"].astype(str).str.startswith("cuda")
+        cost = {"search_models": len(search), "search_epochs": float(search["epochs"].fillna(0).sum()),
+                "search_cpu_hours": float(search["cpu_time_s"].fillna(0).sum()) / 3600,
+                "search_gpu_hours": float(search.loc[gpu, "wall_time_s"].fillna(0).sum()) / 3600}
+        asked, found = final["final_asked"].max(), final["final_found"].max()
+        note = ""
+        if pd.notna(asked) and pd.notna(found) and found < asked:
+            note = f"final_top_k={int(asked)} asked; the search found {int(found)} feasible network(s)"
+        for _, r in final.sort_values(["final_rank", "trial"]).iterrows():
+            rows.append({"study": study, "algorithm": r["algorithm"], "final_rank": r["final_rank"],
+                         "trial": r["trial"], "source_trial": r["parent"], "test_acc": r["test_acc"],
+                         "test_error_pct": 100 * (1 - r["test_acc"]), "params": r["params"],
+                         "params_m": r["params"] / 1e6, "flops": r["flops"], "mflops": r["flops"] / 1e6,
+                         "intensity": r["intensity"], "feasible": bool(r["feasible"]),
+                         "final_epochs": r["epochs"], **cost, "note": note})
+    return pd.DataFrame(rows)
 
 
 def episodes_table(t: pd.DataFrame) -> pd.DataFrame:
@@ -285,14 +331,39 @@ def plot_search(t: pd.DataFrame):
     return fig
 
 
+def study_output(run_dirs: Sequence[str | Path], out_dir: str | Path):
+    """:func:`report_study` as an :class:`analysis.output.Output` whose ``tables`` hold the results
+    table (``epnas_final``, :func:`final_table`), for the report registry to print."""
+    from .output import Output, format_table
+
+    files = report_study(run_dirs, out_dir)
+    final = final_table(trials_table(run_dirs))
+    if final.empty:
+        return Output(files=list(files))
+    cols = ["final_rank", "trial", "source_trial", "test_error_pct", "params_m", "mflops", "intensity",
+            "search_models", "search_cpu_hours", "search_gpu_hours"]
+    text = ["EPNAS final training (the paper's results table: test error, params, FLOPs, search cost):\n"
+            + format_table(final[cols], {"test_error_pct": ".2f", "params_m": ".3f", "mflops": ".2f",
+                                         "intensity": ".1f", "search_cpu_hours": ".2f", "search_gpu_hours": ".2f"})]
+    text += [n for n in final["note"].unique() if n]
+    return Output(files=list(files), tables={"epnas_final": final}, text=text)
+
+
 def report_study(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
-    """``trials.csv``, ``episodes.csv``, ``search.png``, ``best_arch.json``, ``curves.csv``,
+    """``final.csv`` (:func:`final_table`, when the study has final trainings), ``trials.csv``, ``episodes.csv``, ``search.png``, ``best_arch.json``, ``curves.csv``,
     ``curves.png``, ``episodes.png``, ``lineage.png`` and ``best_arch.png`` over the EPNAS trials."""
     out = Path(out_dir)
     t = trials_table(run_dirs)
     if t.empty:
         return []
-    files = [save_csv(t, out / "trials.csv"), save_csv(episodes_table(t), out / "episodes.csv"),
+    files = []
+    final = final_table(t)
+    if not final.empty:
+        files.append(save_csv(final, out / "final.csv"))
+    t = t[t["final"] != 1].reset_index(drop=True)   # the search's own tables and plots: search trials only
+    if t.empty:
+        return files
+    files += [save_csv(t, out / "trials.csv"), save_csv(episodes_table(t), out / "episodes.csv"),
              save_figure(plot_search(t), out / "search.png")]
     best = t.loc[t["reward"].idxmax()]
     arch = _read_json(Path(best["run_dir"]) / "arch.json").get("arch")

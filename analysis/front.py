@@ -8,8 +8,9 @@ constraints).  Reads ``summary.json`` only (via :class:`analysis.io.Run`):
 * ``front.csv`` - one row per run that measured an accuracy: ``run, method, label, dataset,
   accuracy, accuracy_kind, flops, params, ort_latency_ms, pareto_flops, pareto_params,
   pareto_latency, path``.  ``label`` is what gets one marker: the method, and for ``survey`` trials
-  the row's variant (``survey/morphnet``).  ``accuracy``: the test top-1 (``top1``), or for EPNAS
-  trials, which report none, the proxy-trained validation accuracy (``accuracy_kind: val``).
+  the row's variant (``survey/morphnet``).  ``accuracy``: the test top-1 (``top1``; EPNAS trials:
+  ``test_acc``), or for a run that reports no test accuracy its validation accuracy
+  (``accuracy_kind: val``).
   Published numbers (the survey's Generative Synthesis row, ``measured: 0``) are no measurement of
   this data set and are left out.  ``pareto_*``: no other run of the same data set has at most that
   cost and a higher accuracy.
@@ -63,7 +64,7 @@ def front_table(runs: Sequence[Run]) -> pd.DataFrame:
         s = run.summary
         if not s or s.get("measured", 1) == 0 or s.get("source") == "published":
             continue
-        acc, kind = _finite(s.get("top1")), "test"
+        acc, kind = _finite(s.get("top1", s.get("test_acc"))), "test"
         if acc is None and _finite(s.get("accuracy")) is not None:
             acc, kind = _finite(s.get("accuracy")), "val"
         if acc is None:

@@ -66,7 +66,14 @@ def _file_reports(method: str, run_fn=None, study_fn=None) -> None:
 
 
 _file_reports("growth", growth.report_run, growth.report_study)
-_file_reports("epnas", None, epnas.report_study)
+
+
+def _epnas_study(runs: Sequence[Run], out: Path) -> Output:
+    mine = [r.path for r in runs if r.method == epnas.METHOD]
+    return epnas.study_output(mine, out) if mine else Output()   # + the final-training results table
+
+
+register(epnas.METHOD, study=_epnas_study)
 _file_reports("scann", None, scann.report)
 
 

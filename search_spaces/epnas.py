@@ -12,8 +12,7 @@ Encoding (plain JSON-able dicts; the controller morphs these, trials rebuild the
   [relu, crelu, elu, selu, swish]; ``src1``/``src2`` are skip sources: the index of an *earlier*
   layer (``0 <= src < i``) whose output is added to layer ``i``'s output, or ``-1`` for none
   (the paper: "Src2 can be -1 to avoid a skip connection").  Layer ``i``'s main input is always
-  layer ``i-1`` (the stem for ``i == 0``).  In the NNI space every one of the ``max_layers``
-  slots has a type choice that also holds ``empty`` (the slot is skipped).
+  layer ``i-1`` (the stem for ``i == 0``).
 * **module**: ``{"space": "module", "branches": [branch, ...]}`` with 1..``max_branches``
   branches, each ``{"type", "filter", "pool", "channels", "src1", "src2", "propagate"}``:
   ``type`` in ``BRANCH_TYPES`` (conv-conv ... none-none), ``channels`` in [8, 12, 16, 24, 32],
@@ -41,6 +40,14 @@ Shapes and the downsampling policy (stated, since the paper leaves them open)
   stages of ``cells_per_stage`` cells; between stages a 2x2 average pool halves the spatial size
   (while it stays >= ``min_spatial``) and the cell width doubles.
 
+NNI space (:class:`EpnasSpace`, :func:`nni_choices`): ``num_layers`` (``num_branches``) in
+``1..max``, then per slot ``i`` one choice per feature (``layer03_channels`` ...) whose sources
+already hold only existing units (layer ``i``: ``-1, 0..i-1``; branch ``b``: ``0..b``), so the
+sources are valid by construction; slots beyond the count are ignored; one constraint
+(``valid_arch``) rejects the two cases no single choice can express (see the NNI-space section).
+The paper's tables list ``range(MAX_LAYERS)`` for every source; the per-slot ranges are the
+subset of it that builds.
+
 :func:`check_arch` returns the reason an architecture is invalid (``None`` if valid);
 :func:`build_network` raises :class:`InvalidArchitecture` (a :class:`UserError`) with it.
 Costs come from :mod:`search_spaces.cost` only.
@@ -62,15 +69,15 @@ from . import cost as costmodel
 from .errors import UserError
 
 __all__ = [
-    "LAYER_TYPES", "EMPTY", "FILTER_WIDTHS", "POOL_WIDTHS", "LAYER_CHANNELS", "ACTIVATIONS",
+    "LAYER_TYPES", "FILTER_WIDTHS", "POOL_WIDTHS", "LAYER_CHANNELS", "ACTIVATIONS",
     "BRANCH_TYPES", "CELL_CHANNELS", "PROPAGATE", "NONE_SRC",
     "SpaceConfig", "InvalidArchitecture", "check_arch", "validate_arch", "build_network",
-    "random_arch", "arch_to_json", "arch_from_json", "EpnasNetwork", "EpnasSpace", "arch_to_sample",
-    "sample_to_arch", "arch_cost", "check_constraints_feasible", "intensity_upper_bound", "num_units",
+    "random_arch", "arch_to_json", "arch_from_json", "EpnasNetwork", "EpnasSpace", "ArchConstraint", "arch_to_sample",
+    "sample_to_arch", "check_sample", "nni_choices", "nni_search_space", "COUNT_LABELS", "CONSTRAINT_LABEL",
+    "arch_cost", "check_constraints_feasible", "intensity_upper_bound", "num_units",
 ]
 
 LAYER_TYPES = ("conv2d", "dep-sep-conv2d", "maxpool2d", "avgpool2d", "add")
-EMPTY = "empty"
 FILTER_WIDTHS = (1, 3, 5, 7)
 POOL_WIDTHS = (2, 3)
 LAYER_CHANNELS = (16, 32, 64, 96, 128, 256)
@@ -447,107 +454,228 @@ def random_arch(cfg: SpaceConfig, rng: random.Random, *, units: int | None = Non
 
 
 # ---------------------------------------------------------------------------------- NNI space
+#
+# Valid by construction: a count choice (``num_layers`` / ``num_branches``) says how many slots are
+# live, and every slot's source choices hold only what exists before it (layer ``i``: -1 or
+# ``0..i-1``; branch ``b``: ``0..b``), so no source can point at a missing unit whatever the count.
+# Slots at or beyond the count are ignored (NNI 3.0 has no conditional mutables: its own ``Repeat``
+# keeps the mutables of unused blocks the same way).  Slot 0 of the layer space has no ``add``
+# (it would have no source).  Two conditions cannot be expressed per choice -- an ``add`` layer
+# with both sources -1, and a cell in which no live branch propagates -- so one NNI
+# :class:`~nni.mutable.Constraint` (label ``valid_arch``) rejects them: NNI's ``Random`` and
+# ``RegularizedEvolution`` retry on its ``ConstraintViolation`` and ``GridSearch`` skips the points.
 
-_LAYER_FIELDS = {"type": (EMPTY, *LAYER_TYPES), "filter": FILTER_WIDTHS, "pool": POOL_WIDTHS,
-                 "channels": LAYER_CHANNELS, "act": ACTIVATIONS}
-_BRANCH_FIELDS = {"type": (EMPTY, *BRANCH_TYPES), "filter": FILTER_WIDTHS, "pool": POOL_WIDTHS,
-                  "channels": CELL_CHANNELS, "propagate": PROPAGATE}
+_LAYER_FIELDS = (("type", LAYER_TYPES), ("filter", FILTER_WIDTHS), ("pool", POOL_WIDTHS), ("channels", LAYER_CHANNELS),
+                 ("act", ACTIVATIONS))
+_BRANCH_FIELDS = (("type", BRANCH_TYPES), ("filter", FILTER_WIDTHS), ("pool", POOL_WIDTHS), ("channels", CELL_CHANNELS),
+                  ("propagate", PROPAGATE))
+COUNT_LABELS = {"layer": "num_layers", "module": "num_branches"}
+CONSTRAINT_LABEL = "valid_arch"
 
 
-def _nni_fields(cfg: SpaceConfig) -> list[tuple[str, tuple]]:
+def _slots(cfg: SpaceConfig) -> tuple[str, str, int]:
+    """(label prefix, architecture key, number of slots) of ``cfg``'s space."""
     if cfg.kind == "layer":
-        srcs = (NONE_SRC, *range(cfg.max_layers))
-        per = list(_LAYER_FIELDS.items()) + [("src1", srcs), ("src2", srcs)]
-        return [(f"layer{i:02d}_{k}", v) for i in range(cfg.max_layers) for k, v in per]
-    srcs = tuple(range(cfg.max_branches + 1))
-    per = list(_BRANCH_FIELDS.items()) + [("src1", srcs), ("src2", srcs)]
-    return [(f"branch{b:02d}_{k}", v) for b in range(cfg.max_branches) for k, v in per]
+        return "layer", "layers", cfg.max_layers
+    return "branch", "branches", cfg.max_branches
+
+
+def _slot_fields(cfg: SpaceConfig, i: int) -> list[tuple[str, tuple]]:
+    """``(field, values)`` of slot ``i``: the unit's features, then its two sources."""
+    if cfg.kind == "layer":
+        types = LAYER_TYPES if i > 0 else tuple(t for t in LAYER_TYPES if t != "add")
+        srcs: tuple = (NONE_SRC, *range(i))
+        fields = [("type", types), *_LAYER_FIELDS[1:]]
+    else:
+        srcs = tuple(range(i + 1))
+        fields = list(_BRANCH_FIELDS)
+    return fields + [("src1", srcs), ("src2", srcs)]
+
+
+def nni_choices(cfg: SpaceConfig) -> dict[str, tuple]:
+    """``label -> values`` of every choice of ``cfg``'s NNI space, in a stable order: the count
+    (``num_layers`` / ``num_branches``), then slot by slot ``layer03_channels``, ``branch01_src2`` ..."""
+    prefix, _, slots = _slots(cfg)
+    out: dict[str, tuple] = {COUNT_LABELS[cfg.kind]: tuple(range(1, slots + 1))}
+    for i in range(slots):
+        for field, values in _slot_fields(cfg, i):
+            out[f"{prefix}{i:02d}_{field}"] = tuple(values)
+    return out
+
+
+def nni_search_space(cfg: SpaceConfig) -> dict[str, dict]:
+    """The same choices as an nnictl ``searchSpace`` (``{label: {"_type": "choice", "_value": [...]}}``).
+
+    The ``valid_arch`` constraint has no nnictl form: a tuner sampling this dict independently
+    must still check samples with :func:`check_sample` (the EPNAS tuner proposes architectures,
+    valid by its masks, and does not sample it)."""
+    return {label: {"_type": "choice", "_value": list(values)} for label, values in nni_choices(cfg).items()}
 
 
 def sample_to_arch(sample: Mapping[str, Any], cfg: SpaceConfig) -> dict:
-    """NNI sample (label -> value) -> architecture; ``empty`` slots are dropped and the sources of
-    later units renumbered to the kept ones (a source pointing at an empty slot is invalid)."""
-    prefix, key = ("layer", "layers") if cfg.kind == "layer" else ("branch", "branches")
-    count = cfg.max_layers if cfg.kind == "layer" else cfg.max_branches
-    fields = ("type", "filter", "pool", "channels", "act", "src1", "src2") if cfg.kind == "layer" else \
-        ("type", "filter", "pool", "channels", "src1", "src2", "propagate")
-    kept: dict[int, int] = {}
-    units = []
-    for i in range(count):
-        u = {f: sample[f"{prefix}{i:02d}_{f}"] for f in fields}
-        if u["type"] == EMPTY:
-            continue
-        for s in ("src1", "src2"):
-            v = u[s]
-            if cfg.kind == "layer":
-                u[s] = NONE_SRC if v == NONE_SRC else kept.get(v, 10**6)
-            else:
-                u[s] = 0 if v == 0 else (kept[v - 1] + 1 if v - 1 in kept else 10**6)
-        kept[i] = len(units)
-        units.append(u)
+    """NNI sample (label -> value) -> architecture: the first ``num_layers`` (``num_branches``)
+    slots; the other slots' labels may be absent and are ignored.
+
+    A sample outside the space raises :class:`InvalidArchitecture` (a :class:`UserError`, one line):
+    a missing label of a live slot (with a close unknown label named, for typos) or a value that is
+    not one of its choice's values.  Labels that are not the space's are ignored (they may belong to
+    other mutables, e.g. a mutable evaluator's).  The result can still fail :func:`check_arch` (an
+    ``add`` without a source, no propagated branch): see :func:`check_sample`."""
+    import difflib
+
+    choices = nni_choices(cfg)
+    prefix, key, _ = _slots(cfg)
+
+    def value(label: str) -> Any:
+        if label not in sample:
+            unknown = [k for k in sample if isinstance(k, str) and k not in choices and not k.startswith("__")]
+            close = difflib.get_close_matches(label, unknown, n=1)
+            hint = f" (is {close[0]!r} a typo of it?)" if close else ""
+            raise InvalidArchitecture(f"invalid sample for the {cfg.kind} space: label {label!r} is missing{hint}")
+        v, values = sample[label], choices[label]
+        if isinstance(v, bool) or v not in values:
+            raise InvalidArchitecture(f"invalid sample for the {cfg.kind} space: {label}={v!r} is not one of "
+                                      f"{list(values)}")
+        return values[values.index(v)]  # the choice's own value (a numpy int becomes a Python int)
+
+    n = value(COUNT_LABELS[cfg.kind])
+    units = [{field: value(f"{prefix}{i:02d}_{field}") for field, _ in _slot_fields(cfg, i)} for i in range(n)]
     return {"space": cfg.kind, key: units}
 
 
+def check_sample(sample: Mapping[str, Any], cfg: SpaceConfig) -> str | None:
+    """The reason an NNI sample is not a buildable architecture of ``cfg``'s space, or ``None``."""
+    try:
+        arch = sample_to_arch(sample, cfg)
+    except InvalidArchitecture as exc:
+        return str(exc)
+    return check_arch(arch, cfg)
+
+
 def arch_to_sample(arch: Mapping[str, Any], cfg: SpaceConfig) -> dict:
-    """Architecture -> NNI sample (units in the first slots, the rest ``empty``)."""
+    """Architecture -> NNI sample: the count, its units in the first slots, every other slot at its
+    choices' first values.  ``sample_to_arch(arch_to_sample(a, cfg), cfg) == a`` for every valid ``a``."""
     validate_arch(arch, cfg)
-    prefix, key = ("layer", "layers") if cfg.kind == "layer" else ("branch", "branches")
-    out = {}
-    for label, values in _nni_fields(cfg):
-        i, f = int(label[len(prefix):len(prefix) + 2]), label[len(prefix) + 3:]
-        units = arch[key]
-        out[label] = units[i][f] if i < len(units) else (EMPTY if f == "type" else values[0])
+    prefix, key, slots = _slots(cfg)
+    units = arch[key]
+    out: dict[str, Any] = {COUNT_LABELS[cfg.kind]: len(units)}
+    for i in range(slots):
+        for field, values in _slot_fields(cfg, i):
+            out[f"{prefix}{i:02d}_{field}"] = units[i][field] if i < len(units) else values[0]
     return out
+
+
+def _make_constraint_class():
+    from nni.mutable import Constraint, ConstraintViolation
+
+    class ArchConstraint(Constraint):
+        """NNI constraint (label ``valid_arch``): the sample decodes to an architecture that builds
+        (:func:`check_sample`).  It adds no dimension to the space."""
+
+        def __init__(self, cfg: SpaceConfig, choices: Mapping[str, Any]):
+            self.label = CONSTRAINT_LABEL
+            self.cfg = cfg
+            self.choices = dict(choices)
+
+        def leaf_mutables(self, is_leaf):
+            for mutable in self.choices.values():
+                yield from mutable.leaf_mutables(is_leaf)
+            yield self
+
+        def check_contains(self, sample):
+            for mutable in self.choices.values():
+                err = mutable.check_contains(sample)
+                if err is not None:
+                    return err
+            reason = check_sample(sample, self.cfg)
+            return None if reason is None else ConstraintViolation(reason)
+
+        def grid(self, memo=None, granularity=None):
+            memo = {} if memo is None else memo
+            if any(label not in memo for label in self.choices):
+                # Called alone (GridSearch probes every mutable's grid to tell whether the space is
+                # finite): enumerating the choices here would walk the whole product space.
+                yield None
+                return
+            if self.contains(memo):
+                yield self.freeze(memo)
+
+        def extra_repr(self) -> str:
+            return f"{self.cfg.kind!r}, label={self.label!r}"
+
+    ArchConstraint.__module__, ArchConstraint.__qualname__ = __name__, "ArchConstraint"  # picklable by name
+    return ArchConstraint
 
 
 def _make_space_class():
     from nni.nas.nn.pytorch import ModelSpace
 
     class EpnasSpace(ModelSpace):
-        """The NNI model space: one ``nni.choice`` per slot feature (labels ``layer03_channels``,
-        ``branch01_src2`` ...).  Inside ``nni.nas.space.model_context(sample)`` (or via
+        """The NNI model space: the choices of :func:`nni_choices` (labels ``num_layers``,
+        ``layer03_channels``, ``branch01_src2`` ...) and the ``valid_arch`` constraint, so every
+        sample NNI's strategies draw builds.  Inside ``nni.nas.space.model_context(sample)`` (or via
         ``space.freeze(sample)``) it builds that architecture; outside it builds ``default_arch``
         (a valid seed network) so the space itself is a usable module."""
 
         def __init__(self, cfg: SpaceConfig = SpaceConfig(), *, input_shape: Sequence[int] = (3, 32, 32),
                      num_classes: int = 10, default_arch: Mapping[str, Any] | None = None):
             super().__init__()
-            import nni
+            from nni.mutable import Categorical
             from nni.nas.space import current_model
 
             self.cfg = cfg
             self._init_args = dict(input_shape=tuple(input_shape), num_classes=num_classes, default_arch=default_arch)
-            mutables = {label: self.add_mutable(nni.choice(label, list(values))) for label, values in _nni_fields(cfg)}
+            # NNI dry-runs a space with every choice at its default, and the constraint must hold
+            # there: a cell whose branches all default to propagate=0 would not build.
+            # Registration order (the labels stay those of nni_choices): GridSearch varies the last
+            # mutable fastest, so the count goes last and slot 0 -- live in every network -- just
+            # before it; registered first, the count and the first slots would stay fixed while the
+            # grid walks the settings of slots the count ignores (the same network over and over).
+            count = COUNT_LABELS[cfg.kind]
+            labelled = nni_choices(cfg)
+            prefix, _, slots = _slots(cfg)
+            order = [label for i in reversed(range(slots)) for label in labelled
+                     if label.startswith(f"{prefix}{i:02d}_")] + [count]
+            assert len(order) == len(labelled)
+            choices = {label: self.add_mutable(Categorical(list(labelled[label]), label=label,
+                                                           **({"default": 1} if label.endswith("_propagate") else {})))
+                       for label in order}
+            self.add_mutable(__getattr__("ArchConstraint")(cfg, choices))
             ctx = current_model()  # None in NNI's dry run (building the space itself)
             if ctx is not None:
-                arch = sample_to_arch({label: ctx[label] for label in mutables}, cfg)
+                arch = sample_to_arch(ctx, cfg)
             else:
                 arch = default_arch or random_arch(cfg, random.Random(0), units=1)
             self.net = build_network(arch, cfg, input_shape=input_shape, num_classes=num_classes)
 
         def freeze(self, sample: Mapping[str, Any]) -> "EpnasSpace":
+            """The network of ``sample``; :class:`InvalidArchitecture` (one line) when it is outside
+            the space or does not build."""
             from nni.nas.space import model_context
 
+            validate_arch(sample_to_arch(sample, self.cfg), self.cfg)
             with model_context(dict(sample)):
                 return self.__class__(self.cfg, **self._init_args)
 
         def forward(self, x):
             return self.net(x)
 
-    EpnasSpace.__module__ = __name__
+    # picklable by name (NNI's engines other than the sequential one send the space to trials)
+    EpnasSpace.__module__, EpnasSpace.__qualname__ = __name__, "EpnasSpace"
     return EpnasSpace
 
 
 _lazy: dict[str, type] = {}
+_FACTORIES = {"EpnasSpace": _make_space_class, "ArchConstraint": _make_constraint_class}
 
 
 def __getattr__(name: str):
     # ``EpnasSpace`` subclasses NNI's ModelSpace, whose import pulls in pytorch-lightning (seconds);
     # it is created on first access so that the nnictl tuner process, which only needs the
     # encoding, connects to the NNI manager within its 10 s start-up window.
-    if name == "EpnasSpace":
+    if name in _FACTORIES:
         if name not in _lazy:
-            _lazy[name] = _make_space_class()
+            _lazy[name] = _FACTORIES[name]()
         return _lazy[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -36,9 +36,10 @@ weight per connection plus one bias per neuron, so :func:`search_spaces.cost.cou
 connections + biases and :func:`search_spaces.cost.count_flops` counts ``2 x connections`` (the
 real sparse structure) -- costs are still computed in ``cost.py`` only.
 
-NNI: the synthesis settings are mutables (:func:`synthesis_mutables`), labelled with the trial
-config key they set, for nnictl sweeps (:func:`synthesis_search_space` gives the search-space
-dict of an nnictl config).
+NNI: the settings a sweep varies are mutables (:func:`synthesis_mutables`), labelled with the
+trial config key they set; :func:`synthesis_search_space` gives the search-space dict of an
+nnictl config (with the nested DR-method/ratio choice of :func:`dr_choice`), and
+``experiments/configs/scann_schemes.yml`` is tested against it.
 """
 from __future__ import annotations
 
@@ -61,7 +62,10 @@ __all__ = [
     "PrunedFeedForward",
     "SparseFeedForward",
     "split_groups",
+    "SWEEP_KEYS",
+    "DR_SWEEP_RATIOS",
     "synthesis_mutables",
+    "dr_choice",
     "synthesis_search_space",
 ]
 
@@ -568,34 +572,30 @@ class SparseFeedForward(nn.Module):
 
 # --------------------------------------------------------------------------- NNI mutables
 
-#: Default sweep values of the synthesis settings, keyed by the trial-config key they set.
-_SWEEP_DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "scheme": SCHEMES,
-    "initial_neurons": (100, 300),
-    "max_neurons": (300, 500),
-    "grow_to": (0.35, 0.9),
-    "prune_fraction": (0.25, 0.5),
-    "prune_keep": (0.02, 0.05, 0.1),
-    "iterations": (5, 10),
-}
+#: Settings a sweep may vary: trial-config keys (``experiments.methods.scann.ScannTrialConfig``).
+SWEEP_KEYS = ("scheme", "initial_neurons", "max_neurons", "grow_to", "prune_fraction", "prune_keep", "iterations")
+#: Feature-compression ratios of the DR sweep (paper 002, Sec. 4.2; ``scann_schemes.yml``).
+DR_SWEEP_RATIOS = (0.25, 0.5, 0.75)
 
 
 def synthesis_mutables(**values: Sequence[Any]) -> dict[str, Any]:
-    """NNI mutables (``nni.choice``) for the synthesis settings, labelled with their config keys.
+    """NNI mutables (``nni.choice``) of a SCANN sweep, labelled with the trial config key they set.
 
-    ``synthesis_mutables(scheme=["A", "C"], prune_keep=[0.05])`` overrides the default values of
-    those keys; unknown keys are a :class:`UserError`.  Every label is the trial config key it
-    sets (``scheme``, ``initial_neurons``, ``max_neurons``, ``grow_to``, ``prune_fraction``,
-    ``prune_keep``, ``iterations``), so a sampled dict can be passed to the trial as is.
+    ``scheme`` sweeps all of A, B, C unless given; any other key of :data:`SWEEP_KEYS` is swept
+    over the values given (``synthesis_mutables(scheme=["A", "C"], prune_keep=[0.05])``) and is
+    not declared otherwise (there is no default sweep for it); unknown keys are a
+    :class:`UserError`.  A sampled dict can be passed to the trial as is.
     """
     import nni
 
-    unknown = [k for k in values if k not in _SWEEP_DEFAULTS]
+    unknown = [k for k in values if k not in SWEEP_KEYS]
     if unknown:
-        raise UserError(f"unknown synthesis setting {unknown[0]!r}; valid: {', '.join(_SWEEP_DEFAULTS)}")
+        raise UserError(f"unknown synthesis setting {unknown[0]!r}; valid: {', '.join(SWEEP_KEYS)}")
     out = {}
-    for key, default in _SWEEP_DEFAULTS.items():
-        choices = list(values.get(key, default))
+    for key in SWEEP_KEYS:
+        if key != "scheme" and key not in values:
+            continue
+        choices = list(values.get(key, SCHEMES))
         if not choices:
             raise UserError(f"synthesis setting {key!r} needs at least one value")
         if key == "scheme" and any(c not in SCHEMES for c in choices):
@@ -604,11 +604,35 @@ def synthesis_mutables(**values: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
-def synthesis_search_space(keys: Sequence[str] | None = None, **values: Sequence[Any]) -> dict[str, dict]:
-    """nnictl ``searchSpace`` dict (``{"scheme": {"_type": "choice", "_value": [...]}, ...}``)."""
+def dr_choice(methods: Sequence[str], ratios: Sequence[float] = DR_SWEEP_RATIOS) -> dict[str, Any]:
+    """nnictl nested choice over feature reduction: ``{"_name": "none"}`` (SCANN alone, once) and
+    each of ``methods`` with a ``dr_ratio`` sub-choice over ``ratios``.  The trial flattens a
+    sampled ``{"_name": "pca", "dr_ratio": 0.5}`` into ``dr_method=pca, dr_ratio=0.5``.
+
+    Written in nnictl's format rather than as NNI mutables: NNI 3.0's ``nni.choice`` has no
+    nested choices, and a flat ``dr_method`` x ``dr_ratio`` product would run "none" once per ratio.
+    """
+    if not methods or not ratios:
+        raise UserError("a DR sweep needs at least one method and one ratio")
+    if "none" in methods:
+        raise UserError("'none' (SCANN without DR) is always swept; leave it out of the methods")
+    ratio = {"_type": "choice", "_value": list(ratios)}
+    return {"_type": "choice", "_value": [{"_name": "none"}] + [{"_name": m, "dr_ratio": dict(ratio)} for m in methods]}
+
+
+def synthesis_search_space(keys: Sequence[str] | None = None, *, dr_methods: Sequence[str] = (),
+                           dr_ratios: Sequence[float] = DR_SWEEP_RATIOS, **values: Sequence[Any]) -> dict[str, dict]:
+    """nnictl ``searchSpace`` dict of :func:`synthesis_mutables` (``{"scheme": {"_type": "choice",
+    "_value": [...]}, ...}``; ``keys`` picks some of them), plus ``dr_method`` (:func:`dr_choice`)
+    when ``dr_methods`` are given.  ``experiments/configs/scann_schemes.yml`` is
+    ``synthesis_search_space(["scheme"], dr_methods=strategies.dimred.INDUCTIVE_METHODS)``
+    (``tests/test_scann_sweep.py`` checks it)."""
     mutables = synthesis_mutables(**values)
     keys = list(keys) if keys is not None else list(mutables)
     missing = [k for k in keys if k not in mutables]
     if missing:
         raise UserError(f"unknown synthesis setting {missing[0]!r}; valid: {', '.join(mutables)}")
-    return {k: mutables[k].as_legacy_dict() for k in keys}
+    space = {k: mutables[k].as_legacy_dict() for k in keys}
+    if dr_methods:
+        space["dr_method"] = dr_choice(dr_methods, dr_ratios)
+    return space

@@ -21,15 +21,43 @@ Policy (Sec. 3.2, training details Sec. 4.1)
   width one step down/up), applied to the whole group;
 * the *insert LSTM* (128 units) then emits, autoregressively, insert / remove / keep, the
   position, and for an insert the new layer's type, filter width, pooling width, channels,
-  activation (layer search) or propagate (module search), Src1 and Src2.  The position follows
-  the paper's check table: row ``n`` (the layer count of the input network) of a lower-
-  triangular table enables exactly the positions ``0..n`` (insert) or ``0..n-1`` (remove), so the
-  position is a discrete distribution over n(+1) values that depends on the layer count.
+  activation (layer search) or propagate (module search), Src1 and Src2.  The insert position
+  follows the paper's check table (below); a remove position is one of the ``n`` layers whose
+  removal leaves a valid network.
 * Adam lr 6e-4, weights U[-0.1, 0.1].
 * Masking: every decision's logits are masked so that the chosen action yields a valid network
   (no insert at ``max_layers``, no remove of the last layer or of a layer whose removal breaks a
   later ``add`` layer / leaves no propagated branch, sources only to earlier layers, an ``add``
   layer must have Src1, no ``add`` at position 0, scale groups beyond the network are ``keep``).
+
+Check table: the insert position's prior (Sec. 3.2)
+----------------------------------------------------
+The paper: "To encourage exploration of insert LSTM, i.e., encourage inserting inside the network
+to explore inner structure, rather than always appending at the end of the network, we constraint
+the output distribution of inserting place to be determinant on layer number of input network
+using a check table.  Formally, we let [formula lost in extraction], where [symbol] stands for a
+discrete distribution with [symbol] values."  Our reconstruction, with ``n`` the layer (branch)
+count of the input network, ``M`` = ``max_layers`` (``max_branches``) and ``z`` the insert LSTM's
+``M + 1`` position logits::
+
+    C[n, p] = 1 / (n + 1)  if p <= n  else 0          row n of the (M+1) x (M+1) check table
+    pi(p | n) = C[n, p] exp(z_p) / sum_q C[n, q] exp(z_q)     i.e.  p ~ D_n, n + 1 values
+
+Row ``n`` is the uniform distribution over the ``n + 1`` places ``0..n`` of an ``n``-layer
+network (``0``: before the first layer, ``n``: append), so the place is "a discrete distribution
+with n + 1 values" whose support and prior mass depend on the layer count, and the learned
+logits reweight it.  Why this reading: the sentence constrains the LSTM's *output distribution*
+(so the place stays learned, not drawn from the table alone) and ties it to the layer number; the
+effect it names -- fewer appends -- is exactly what the table does against the unconstrained
+head.  ``prior="none"`` is that ablation: the head's distribution over all ``M + 1`` places is
+used as is and a place beyond the end appends (``p -> min(p, n)``), so with near-uniform logits
+an ``n``-layer network appends with probability ``(M + 1 - n) / (M + 1)`` (12/13 for one layer
+of ``M = 12``) against ``1 / (n + 1)`` under the check table (:func:`check_table`).  The paper
+gives no number for the table; the uniform rows are ours (the least informative rows with that
+support).  With uniform rows, weighting by ``C[n, .]`` equals restricting the head's softmax to
+``0..n``; what the row changes, against the unconstrained head, is that the mass of the places
+past the end is no longer folded onto "append".  Under ``prior="none"`` the recorded action (and
+``describe_morph``) keeps the head's raw place; the network gets ``min(p, n)``.
 
 REINFORCE (Sec. 3.1): ``loss = -sum_i (R_i - b) log pi(a_i) - beta * H_i`` over all steps and all
 branches of an episode (gradients accumulate; one Adam step per episode, as the paper does),
@@ -61,7 +89,7 @@ import copy
 import math
 import random
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -72,12 +100,14 @@ from search_spaces.epnas import (ACTIVATIONS, BRANCH_TYPES, CELL_CHANNELS, FILTE
 from search_spaces.errors import UserError
 
 __all__ = [
-    "SCALE_TABLE", "KINDS", "CONSTRAINT_NAMES", "RewardConfig", "EpnasConfig", "constraints_of", "constrained_reward",
-    "insert_unit", "remove_unit", "scale_group", "random_morph", "describe_morph", "PolicyNet", "EpnasController",
+    "SCALE_TABLE", "KINDS", "PRIORS", "CONSTRAINT_NAMES", "RewardConfig", "EpnasConfig", "constraints_of",
+    "constrained_reward", "insert_unit", "remove_unit", "scale_group", "random_morph", "describe_morph", "PolicyNet",
+    "EpnasController", "check_table", "run_policy",
 ]
 
 SCALE_TABLE = ("keep", "channels-", "channels+", "filter-", "filter+")
 KINDS = ("insert", "remove", "keep")
+PRIORS = ("check_table", "none")   # the insert position's prior (module docstring); "none" is the ablation
 CONSTRAINT_NAMES = ("params", "flops", "intensity")
 
 
@@ -126,9 +156,12 @@ class EpnasConfig(RewardConfig):
     entropy_weight: float = 1e-3      # entropy bonus (not given in the paper)
     init_units: int = 0               # layers/branches of the random start networks (0: random count)
     failure_reward: float = 0.0       # reward of a failed or killed trial
+    prior: Literal["check_table", "none"] = "check_table"   # insert position prior; "none": ablation
     seed: int = 0
 
     def __post_init__(self):
+        if self.prior not in PRIORS:
+            raise UserError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         for name in ("branches", "episodes", "embed_dim", "encoder_units", "lstm_units", "scale_group"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -302,6 +335,14 @@ class PolicyNet(nn.Module):
         return h[-1, 0]
 
 
+def check_table(max_units: int) -> torch.Tensor:
+    """The ``(max_units + 1) x (max_units + 1)`` check table: row ``n`` is the prior over the insert
+    places of an ``n``-unit network, ``1 / (n + 1)`` on ``0..n`` and 0 beyond (module docstring)."""
+    n = torch.arange(max_units + 1, dtype=torch.float32)[:, None]
+    p = torch.arange(max_units + 1)[None, :]
+    return torch.where(p <= n, 1.0 / (n + 1), torch.zeros(()))
+
+
 def _sample_masked(logits: torch.Tensor, mask: Sequence[bool], forced: int | None,
                    gen: torch.Generator | None) -> tuple[int, torch.Tensor, torch.Tensor]:
     m = torch.tensor(mask, dtype=torch.bool)
@@ -362,10 +403,13 @@ def run_policy(policy: PolicyNet, arch: Mapping[str, Any], cfg: EpnasConfig, *, 
     c = torch.zeros_like(h)
     prev = torch.tensor(0)
 
-    def step(name: str, mask: Sequence[bool]) -> int:
+    def step(name: str, mask: Sequence[bool], prior: torch.Tensor | None = None) -> int:
         nonlocal h, c, prev
         h, c = policy.insert_lstm(torch.cat([net, policy.action_embed(prev)])[None], (h, c))
-        a = decide(name, policy.heads[f"h_{name}"](h)[0], mask)
+        logits = policy.heads[f"h_{name}"](h)[0]
+        if prior is not None:  # pi(a) ~ prior(a) exp(z_a); zero-prior actions are masked out
+            logits = logits + torch.log(prior.clamp_min(torch.finfo(prior.dtype).tiny))
+        a = decide(name, logits, mask)
         prev = torch.tensor(policy.offsets[name] + a)
         return a
 
@@ -375,7 +419,11 @@ def run_policy(policy: PolicyNet, arch: Mapping[str, Any], cfg: EpnasConfig, *, 
         pos = step("position", [p < n and removable[p] for p in range(max_units + 1)])
         child = remove_unit(child, pos)
     elif kind == "insert":
-        pos = step("position", [p <= n for p in range(max_units + 1)])  # check table row n
+        if cfg.prior == "check_table":
+            row = check_table(max_units)[n]
+            pos = step("position", (row > 0).tolist(), row)
+        else:  # ablation: the head's distribution over every place; a place past the end appends
+            pos = min(step("position", [True] * (max_units + 1)), n)
         unit: dict[str, Any] = {}
         for name, table in _fields(space.kind):
             mask = [True] * len(table)

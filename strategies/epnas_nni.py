@@ -13,6 +13,19 @@ maps NNI parameter ids to the controller's trial keys and sends each trial its a
 morph that made the network from its parent) and, for EPNAS, ``entropy`` (the policy's entropy over
 the morph), which the trial writes into its run folder for :mod:`analysis.epnas`.
 
+Final training (EPNAS Sec. 4.1, "retrained following PNAS")
+-----------------------------------------------------------
+When the search is done (every search trial told), the tuner submits the top-``final_top_k``
+(classArgs, default 3; 0: none) *feasible* networks once more with ``final: 1``: those trials train
+the network from scratch with the final-training settings
+(:class:`strategies.epnas_evaluator.FinalTrainingConfig`, trial options ``--final_epochs`` ...) and
+report the same numeric keys as the search trials (``final`` = 1, ``test_acc``), so the web UI lists
+them as the experiment's last trials.  ``maxTrialNumber`` = episodes x steps x branches +
+final_top_k.  Fewer feasible networks than asked: those are trained, the tuner says so in its log
+(``dispatcher.log``) and state, and the experiment ends in ``TUNER_NO_MORE_TRIAL`` short of
+``maxTrialNumber``.  The final phase's plan and results are part of the saved state, so ``nnictl
+resume`` continues it like the search.
+
 Robustness
 ----------
 * failed or killed trials (``trial_end`` without a result) are told as failures: the controller
@@ -59,15 +72,17 @@ from search_spaces.errors import UserError, exit_on_error
 # (nni_node/core/tuner_command_channel.js), which NNI's own imports already half use on a busy machine.
 # torch, the search space and the controller are imported on first use, after the tuner has connected.
 
-__all__ = ["EpnasTuner", "EpnasStrategy", "TunerSettings", "build_search", "max_trials", "check_class_args", "check_settings_feasible",
-           "main"]
+__all__ = ["EpnasTuner", "EpnasStrategy", "TunerSettings", "build_search", "max_trials", "final_top_k_of",
+           "check_class_args", "check_settings_feasible", "main"]
 
 _log = logging.getLogger(__name__)
 STATE_NAME = "epnas_tuner_state.pt"
 _SPACE_FIELDS = ("max_layers", "max_branches", "stem_channels", "cell_channels", "cells_per_stage", "stages",
                  "min_spatial")
 _CONSTRAINT_FIELDS = ("params_min", "params_max", "flops_min", "flops_max", "intensity_min", "intensity_max")
-_TOP_FIELDS = ("space", "algorithm", "state_file", "input_shape", "num_classes", "population", "tournament")
+_TOP_FIELDS = ("space", "algorithm", "state_file", "input_shape", "num_classes", "population", "tournament",
+               "final_top_k")
+DEFAULT_FINAL_TOP_K = 3   # networks trained fully after the search (classArgs ``final_top_k``; 0: none)
 
 
 def _epnas_config():
@@ -107,8 +122,61 @@ class TunerSettings:
             raise UserError(f"unknown algorithm {self.algorithm!r}; valid: {', '.join(_algorithms())}")
 
 
+# ``final_top_k`` is checked by final_top_k_of
+_TOP_TYPES: dict[str, Any] = {"space": str, "algorithm": str, "state_file": str, "num_classes": int,
+                              "population": int, "tournament": int}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What a classArgs value must be for the annotation ``hint``, or None when ``value`` fits.
+    YAML gives int, float, str, bool, None and lists; an int is a valid float, a bool is no number."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return None if value in args and not isinstance(value, bool) else "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        problems = [_type_problem(value, a) for a in args]
+        return None if None in problems else " or ".join(problems)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    checks = {type(None): (value is None, "null"), bool: (isinstance(value, bool), "true or false"),
+              int: (number and isinstance(value, int), "an integer"), float: (number, "a number"),
+              str: (isinstance(value, str), "a string")}
+    ok, what = checks.get(hint, (True, ""))
+    return None if ok else what
+
+
+def _check_class_arg_values(args: Mapping[str, Any]) -> None:
+    """One-line :class:`UserError` naming the first classArgs key whose value has the wrong type
+    (against the annotations of :class:`EpnasConfig` and :class:`SpaceConfig`) or range."""
+    import typing
+
+    from search_spaces.epnas import SpaceConfig
+
+    from .epnas import EpnasConfig
+
+    hints = {**typing.get_type_hints(SpaceConfig), **typing.get_type_hints(EpnasConfig), **_TOP_TYPES}
+    for key, value in args.items():
+        what = _type_problem(value, hints[key]) if key in hints else None
+        if what:
+            raise UserError(f"EPNAS tuner classArgs '{key}' must be {what}, got {value!r}")
+    shape = args.get("input_shape", [3, 32, 32])
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or \
+            any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
+        raise UserError(f"EPNAS tuner classArgs 'input_shape' must be [C, H, W] (3 positive integers), got {shape!r}")
+    for key, least in (("num_classes", 1), ("population", 1), ("tournament", 1)):
+        if key in args and args[key] < least:
+            raise UserError(f"EPNAS tuner classArgs '{key}' must be >= {least}, got {args[key]!r}")
+    if args.get("tournament", 4) > args.get("population", 16):
+        raise UserError(f"EPNAS tuner classArgs 'tournament' ({args.get('tournament', 4)}) must be <= 'population' "
+                        f"({args.get('population', 16)})")
+
+
 def check_class_args(args: Mapping[str, Any]) -> TunerSettings:
-    """``classArgs`` -> :class:`TunerSettings`; an unknown key is a one-line error naming it."""
+    """``classArgs`` -> :class:`TunerSettings`; an unknown key, a value of the wrong type (e.g.
+    ``branches: "8"``, ``prior: bayes``) or out of range is a one-line :class:`UserError` naming the
+    key (``python -m strategies.epnas_nni CONFIG.yml`` exits 2 with it)."""
     from search_spaces.epnas import SpaceConfig
 
     from .epnas import EpnasConfig
@@ -117,9 +185,10 @@ def check_class_args(args: Mapping[str, Any]) -> TunerSettings:
     valid = set(_TOP_FIELDS) | ctl_fields | set(_SPACE_FIELDS)
     for key in args:
         if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"unknown EPNAS tuner classArgs key '{key}'{hint}")
+    _check_class_arg_values(args)
     try:
         ctl = EpnasConfig(**{k: v for k, v in args.items() if k in ctl_fields})
         space = SpaceConfig(kind=args.get("space", "layer"), **{k: args[k] for k in _SPACE_FIELDS if k in args})
@@ -144,10 +213,18 @@ def check_settings_feasible(settings: TunerSettings) -> None:
                                settings.num_classes)
 
 
-def max_trials(settings: TunerSettings) -> int:
-    """``maxTrialNumber`` for the YAML: episodes x steps x branches."""
+def max_trials(settings: TunerSettings, final_top_k: int = 0) -> int:
+    """``maxTrialNumber`` for the YAML: episodes x steps x branches (+ the final trainings)."""
     c = settings.controller
-    return c.episodes * c.steps_for(settings.space) * c.branches
+    return c.episodes * c.steps_for(settings.space) * c.branches + final_top_k
+
+
+def final_top_k_of(class_args: Mapping[str, Any]) -> int:
+    """classArgs ``final_top_k`` (default :data:`DEFAULT_FINAL_TOP_K`), checked."""
+    k = class_args.get("final_top_k", DEFAULT_FINAL_TOP_K)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise UserError(f"final_top_k must be an integer >= 0, got {k!r}")
+    return k
 
 
 def build_search(settings: TunerSettings):
@@ -239,6 +316,7 @@ class EpnasTuner(_tuner_base()):
         self._dispatcher = None
         self._adopted = False
         self.resumed_from: int | None = None   # trials known from the state file at start, if any
+        self._final = None
         if os.environ.get("NNI_LOG_DIRECTORY") is None:
             _ = self.search  # outside nnictl: check classArgs and constraints / load state right away
 
@@ -258,9 +336,35 @@ class EpnasTuner(_tuner_base()):
         """The controller, built (classArgs and feasibility checks, saved state loaded) on first use."""
         if self._search is None:
             self._search = build_search(self.settings)
+            _ = self.final   # classArgs final_top_k checked with the others
             if self.state_file.exists():
                 self._load()
         return self._search
+
+    @property
+    def final(self):
+        """The final phase (:class:`strategies.epnas_evaluator.FinalPhase`): after the search, the
+        top-``final_top_k`` feasible networks are trained fully as the experiment's last trials."""
+        if self._final is None:
+            from .epnas import constraints_of
+            from .epnas_evaluator import FinalPhase
+
+            s = self.settings
+            self._final = FinalPhase(final_top_k_of(self.class_args), constraints_of(s.controller),
+                                     space=s.space_config, input_shape=s.input_shape, num_classes=s.num_classes)
+        return self._final
+
+    def _propose(self) -> list[tuple[str, dict, dict]]:
+        """The search's proposals; once it is done (every search trial told), the final trainings."""
+        out = self.search.propose()
+        if out or not self.search.finished or self.search.pending():
+            return out
+        if self.final.plan(self.search.records, next_trial=getattr(self.search, "next_index", len(self.search.records)),
+                           episode=self.settings.controller.episodes):
+            _log.info("EPNAS tuner: search done; final training of %d network(s)", len(self.final.records))
+            if self.final.note:
+                _log.warning("EPNAS tuner: %s", self.final.note)
+        return self.final.propose()
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -271,6 +375,8 @@ class EpnasTuner(_tuner_base()):
             blob = torch.load(self.state_file, weights_only=True)
             self.search.load_state_dict(blob["search"])
             self.param_keys = {int(k): v for k, v in blob["param_keys"].items()}
+            if blob.get("final"):
+                self.final.load_state_dict(blob["final"])
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -283,7 +389,7 @@ class EpnasTuner(_tuner_base()):
 
     def save(self) -> None:
         _atomic_save({"version": 1, "algorithm": self.settings.algorithm, "search": self.search.state_dict(),
-                      "param_keys": dict(self.param_keys)}, self.state_file)
+                      "param_keys": dict(self.param_keys), "final": self.final.state_dict()}, self.state_file)
 
     # ---- NNI callbacks ---------------------------------------------------------------------
 
@@ -332,6 +438,7 @@ class EpnasTuner(_tuner_base()):
         requeue = getattr(self.search, "requeue", None)
         if requeue is not None:
             self.search.requeue = [k for k in requeue if k not in keys]
+        self.final.adopt(keys)
         self._ready = [r for r in self._ready if r[0] not in keys]
         _log.info("EPNAS tuner: NNI re-runs %d trials of the stopped run (%s); not proposed again",
                   len(keys), ", ".join(sorted(keys)))
@@ -348,7 +455,7 @@ class EpnasTuner(_tuner_base()):
 
     def _next(self, parameter_id: int) -> dict[str, Any] | None:
         if not self._ready:
-            self._ready = self.search.propose()
+            self._ready = self._propose()
         if not self._ready:
             return None
         key, arch, meta = self._ready.pop(0)
@@ -388,7 +495,7 @@ class EpnasTuner(_tuner_base()):
 
         while self.owed:
             if not self._ready:
-                self._ready = self.search.propose()
+                self._ready = self._propose()
             if not self._ready:
                 break
             pid = _create_parameter_id()
@@ -397,16 +504,27 @@ class EpnasTuner(_tuner_base()):
             self._st_callback(pid, params)
 
     def _key_of(self, parameter_id, parameters: Mapping[str, Any] | None) -> str | None:
+        if parameters and parameters.get("final") and isinstance(parameters.get("final_rank"), int):
+            from .epnas_evaluator import FINAL_PREFIX
+
+            return f"{FINAL_PREFIX}{parameters['final_rank']:02d}"
         if parameters and isinstance(parameters.get("trial"), int) and parameters["trial"] >= 0:
             return f"t{parameters['trial']:05d}"
         return self.param_keys.get(int(parameter_id)) if parameter_id is not None else None
+
+    def _tell(self, key: str, reward: float | None, metrics: Mapping[str, Any] | None = None) -> bool:
+        from .epnas_evaluator import is_final_key
+
+        if is_final_key(key):
+            return self.final.tell(key, reward, metrics)
+        return self.search.tell(key, reward, metrics)
 
     @_locked
     def receive_trial_result(self, parameter_id, parameters, value, **kwargs) -> None:
         key = self._key_of(parameter_id, parameters)
         metrics = dict(value) if isinstance(value, Mapping) else {"default": value}
         reward = metrics.get("default")
-        if key is None or not self.search.tell(key, None if reward is None else float(reward), metrics):
+        if key is None or not self._tell(key, None if reward is None else float(reward), metrics):
             _log.warning("ignoring result for unknown or already-told trial %s (parameter %s)", key, parameter_id)
         self._pay_owed()
         self.save()
@@ -417,7 +535,7 @@ class EpnasTuner(_tuner_base()):
         # A trial reports its final metric before its process exits, so a trial that ends without
         # one (failed, killed, or exited without reporting) is a failure; without this its branch
         # would wait forever.  A result that still arrives later is ignored.
-        if key is not None and self.search.tell(key, None):
+        if key is not None and self._tell(key, None):
             _log.warning("trial %s (parameter %s) ended (%s) without a result: told as failure_reward",
                          key, parameter_id, "succeeded" if success else "failed")
         self._pay_owed()
@@ -432,7 +550,7 @@ class EpnasTuner(_tuner_base()):
             key = self._key_of(None, params)
             reward = value.get("default") if isinstance(value, Mapping) else value
             if key is not None and reward is not None:
-                self.search.tell(key, float(reward), value if isinstance(value, Mapping) else None)
+                self._tell(key, float(reward), value if isinstance(value, Mapping) else None)
         self._pay_owed()
         self.save()
 
@@ -444,23 +562,49 @@ def _make_strategy_class():
     from nni.nas.strategy.base import Strategy
 
     class EpnasStrategy(Strategy):
-        """The same controller as a multi-trial ``Strategy`` for NNI's ``NasExperiment``.
+        """The same controller as a multi-trial ``Strategy`` for NNI's ``NasExperiment``::
+
+            exp = NasExperiment(EpnasSpace(space_cfg, input_shape=...), EpnasEvaluator(train, val, test_loader=test),
+                                EpnasStrategy(space="layer", params_max=2e6, final_top_k=3, ...))
+            exp.config.execution_engine = SequentialEngineConfig()   # nni.nas.experiment.config
 
         The model space must be :class:`search_spaces.epnas.EpnasSpace` with the same space settings
-        (architectures are handed to the engine as ``space.freeze(arch_to_sample(arch))``); the
-        evaluator reports the reward as the final metric (multi-trial strategies see only ``default``).
-        Takes the tuner's ``classArgs``.  Models whose training ends without a metric are failures.
+        (architectures are handed to the engine as ``space.freeze(arch_to_sample(arch))``).  Takes the
+        tuner's ``classArgs``.  Models whose training ends without a metric are failures.
+
+        With :class:`strategies.epnas_evaluator.EpnasEvaluator` (proxy training, sharing, the
+        reward; the strategy gives it its constraints) the run ends, like the nnictl experiment,
+        with the final training of the top-``final_top_k`` feasible networks
+        (:class:`strategies.epnas_evaluator.FinalPhase`): :attr:`final` holds the plan and
+        ``final.results()`` their metrics (test accuracy, params, FLOPs), the evaluator's ``results``
+        every model's.  Any other evaluator (e.g. ``FunctionalEvaluator`` reporting the reward) runs
+        the search only: multi-trial strategies see only ``default``, so there the evaluator
+        computes the reward, and the strategy cannot ask it for a final training.
         """
 
         def __init__(self, **class_args: Any):
+            from .epnas import constraints_of
+            from .epnas_evaluator import FinalPhase
+
             super().__init__()
             self.settings = check_class_args(class_args)
             self.search = build_search(self.settings)
+            s = self.settings
+            self.final = FinalPhase(final_top_k_of(class_args), constraints_of(s.controller), space=s.space_config,
+                                    input_shape=s.input_shape, num_classes=s.num_classes)
             self._running: dict[int, str] = {}
+            self._evaluator = None
 
         def _initialize(self, model_space, engine):
             from nni.nas.execution.event import ModelEventType
 
+            from .epnas_evaluator import EpnasEvaluator
+
+            ev = getattr(model_space, "evaluator", None)
+            if isinstance(ev, EpnasEvaluator):
+                self._evaluator = ev
+                if ev.reward is None:
+                    ev.reward = self.settings.controller   # the constraints and base penalty of the search
             engine.register_model_event_callback(ModelEventType.TrainingEnd, self._training_end)
             return model_space
 
@@ -470,14 +614,30 @@ def _make_strategy_class():
             self.engine.unregister_model_event_callback(ModelEventType.TrainingEnd, self._training_end)
 
         def _training_end(self, event) -> None:
+            from .epnas_evaluator import is_final_key
+
             key = self._running.pop(id(event.model), None)
             if key is not None:
                 metric = event.model.metric
-                self.search.tell(key, None if metric is None else float(metric))
+                reward = None if metric is None else float(metric)
+                if is_final_key(key):
+                    self.final.tell(key, reward, self._evaluator.results.get(key) if self._evaluator else None)
+                else:
+                    self.search.tell(key, reward)
 
-        def _run(self) -> None:
+        def _submit(self, key: str, arch: dict, meta: dict) -> bool:
             from search_spaces.epnas import arch_to_sample
 
+            if not self.wait_for_resource():
+                return False
+            model = self.model_space.freeze(arch_to_sample(arch, self.settings.space_config))
+            if self._evaluator is not None:
+                model.evaluator = self._evaluator.for_trial(key, meta)
+            self._running[id(model)] = key
+            self.engine.submit_models(model)
+            return True
+
+        def _run(self) -> None:
             while not self.search.finished:
                 proposals = self.search.propose()
                 if not proposals:
@@ -485,20 +645,29 @@ def _make_strategy_class():
                         return
                     self.engine.wait_models()
                     continue
-                for key, arch, _meta in proposals:
-                    if not self.wait_for_resource():
+                for key, arch, meta in proposals:
+                    if not self._submit(key, arch, meta):
                         return
-                    model = self.model_space.freeze(arch_to_sample(arch, self.settings.space_config))
-                    self._running[id(model)] = key
-                    self.engine.submit_models(model)
+            self.engine.wait_models()
+            if self._evaluator is None:
+                return
+            self.final.plan(self.search.records, next_trial=getattr(self.search, "next_index", len(self.search.records)),
+                            episode=self.settings.controller.episodes)
+            if self.final.note:
+                _log.warning("EPNAS strategy: %s", self.final.note)
+            for key, arch, meta in self.final.propose():
+                if not self._submit(key, arch, meta):
+                    return
             self.engine.wait_models()
 
         def state_dict(self) -> dict:
-            return {"search": self.search.state_dict()}
+            return {"search": self.search.state_dict(), "final": self.final.state_dict()}
 
         def load_state_dict(self, state_dict: dict) -> None:
             if state_dict.get("search"):
                 self.search.load_state_dict(state_dict["search"])
+            if state_dict.get("final"):
+                self.final.load_state_dict(state_dict["final"])
 
     EpnasStrategy.__module__ = __name__
     return EpnasStrategy
@@ -537,12 +706,14 @@ def _main(argv: list[str]) -> int:
         raise UserError(f"{path}: tuner.className must be strategies.epnas_nni.EpnasTuner")
     settings = check_class_args(tuner.get("classArgs") or {})
     check_settings_feasible(settings)
-    n = max_trials(settings)
+    k = final_top_k_of(tuner.get("classArgs") or {})
+    n = max_trials(settings, k)
     if config.get("maxTrialNumber") not in (None, n):
-        raise UserError(f"{path}: maxTrialNumber {config['maxTrialNumber']} != episodes x steps x branches = {n}")
+        raise UserError(f"{path}: maxTrialNumber {config['maxTrialNumber']} != episodes x steps x branches "
+                        f"+ final_top_k = {n}")
     if config.get("trialConcurrency") not in (None, settings.controller.branches):
         raise UserError(f"{path}: trialConcurrency should equal branches = {settings.controller.branches}")
-    print(f"ok: {settings.algorithm} over the {settings.space} space, maxTrialNumber {n}, "
+    print(f"ok: {settings.algorithm} over the {settings.space} space, {k} final training(s), maxTrialNumber {n}, "
           f"trialConcurrency {settings.controller.branches}")
     return 0
 

@@ -54,15 +54,25 @@ Sec. II and IV-A).  What is implemented, and how it differs from NNI 3.0's built
   ``exit_entropy_delta``.  The epoch is always reported; the search stops there only if
   ``stop_on_exit``.
 
-Usable three ways: :class:`ProxylessSearch` (plain PyTorch loop, used by the trial entry point),
-:class:`CompactProxyless` (an ``nni.nas.strategy.Proxyless`` subclass whose mutation hooks
-install :class:`BinaryGateLayer`; ``mutate_model`` is how :class:`ProxylessSearch` builds its
-supernet, so both paths share NNI's one-shot machinery).
+Usable three ways, all on the same loop: :class:`ProxylessSearch` (plain PyTorch, one epoch per
+call), the trial entry point (``experiments.methods.proxyless``: search + retrain in a run folder),
+and NNI's ``NasExperiment(space, ProxylessEvaluator(...), CompactProxyless(config))``:
+:class:`CompactProxyless` is an ``nni.nas.strategy.Proxyless`` subclass whose mutation hooks
+install :class:`BinaryGateLayer` (``mutate_model`` is also how :class:`ProxylessSearch` builds its
+supernet) and whose run is :func:`run_search` - the paper's optimizers, the cost term, the exit
+criterion, ``trajectory.csv`` and the optional retraining, the same random draws as the trial, so
+the same seed finds the same architecture.  :class:`BinaryGateLightningModule` is the binary-gate
+step inside NNI's Lightning one-shot loop, for users of that loop (it has no cost term, exit or
+trajectory).
 """
 from __future__ import annotations
 
 import math
+import csv
+import dataclasses
+import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
@@ -78,7 +88,7 @@ from nni.nas.oneshot.pytorch.supermodule.base import BaseSuperNetModule
 from search_spaces import cost as costmodel
 from search_spaces.errors import UserError
 
-from .training import check_finite, cosine_schedule, evaluate, sgd_nesterov
+from .training import MemoryHost, TrainingPhase, check_finite, cosine_schedule, evaluate, fit_epoch, sgd_nesterov
 
 __all__ = [
     "ProxylessConfig",
@@ -87,6 +97,9 @@ __all__ = [
     "BinaryGateLightningModule",
     "ProxylessSearch",
     "SearchExit",
+    "ProxylessEvaluator",
+    "run_search",
+    "retrain",
     "entropy",
 ]
 
@@ -318,19 +331,43 @@ class BinaryGateLightningModule(DartsLightningModule):
 
 
 class CompactProxyless(Proxyless):
-    """NNI ``Proxyless`` strategy whose mutation hooks install :class:`BinaryGateLayer`.
+    """The customized ProxylessNAS as an NNI one-shot strategy: ``NasExperiment(space, evaluator,
+    CompactProxyless(ProxylessConfig(...), seed=0))``.
 
-    ``mutate_model(space)`` turns a model space into our supernet with NNI's machinery
-    (architecture parameters are created by NNI's DARTS ``mutate_model``); in a
-    ``NasExperiment`` it trains with :class:`BinaryGateLightningModule` and exports the argmax
-    architecture.  The trial entry point uses :class:`ProxylessSearch` on the same supernet,
-    which adds the expected-cost term, the exit criterion and the run-folder trajectory.
+    ``mutate_model(space)`` turns a model space into our supernet with NNI's machinery (mutation
+    hooks install :class:`BinaryGateLayer`).  In a ``NasExperiment`` the strategy runs the same
+    search as the trial entry point - :func:`run_search` drives :class:`ProxylessSearch` (the paper's
+    optimizers, the expected-cost term, the exit criterion, ``trajectory.csv``) on the evaluator's
+    loaders through :class:`strategies.training.TrainingPhase`, then retrains the exported network
+    when the evaluator asks for it - so for the same seed, data and space it finds the same
+    architecture as ``python -m experiments.trial proxyless``.  One-shot strategies run on NNI's
+    sequential engine, which has no slot for per-epoch metrics, trajectories or retraining: the
+    strategy does them itself (rows and trajectory in :attr:`result` and, with
+    ``ProxylessEvaluator(out_dir=...)``, as a run folder: ``metrics.csv``, ``trajectory.csv``,
+    ``arch.json``, ``summary.json``).  ``export_top_models`` gives the argmax architecture
+    (deterministic; NNI 3.0's ``Proxyless`` resamples at random).
+
+    The evaluator is a :class:`ProxylessEvaluator`; a Lightning evaluator (e.g. NNI's
+    ``Classification``) is accepted for its loaders and ``max_epochs`` (as ``search_epochs`` when
+    no ``config`` is given), its optimizer settings are not used.  ``arc_learning_rate``,
+    ``grad_mode`` and ``warmup_epochs`` given here override the config's ``arch_lr``, ``grad_mode``
+    and ``warmup_epochs``.  NNI's checkpoint of the strategy is empty (a search is resumed from
+    its ``out_dir`` instead: not implemented for this path).
     """
 
-    def __init__(self, *, arc_learning_rate: float = 1e-3, grad_mode: GradMode = "two", seed: int = 0, **kwargs):
-        super().__init__(arc_learning_rate=arc_learning_rate, **kwargs)
-        self.grad_mode = grad_mode
+    def __init__(self, config: ProxylessConfig | None = None, *, seed: int = 0, arc_learning_rate: float | None = None,
+                 grad_mode: GradMode | None = None, warmup_epochs: int | None = None, **kwargs):
+        super().__init__(arc_learning_rate=arc_learning_rate or 1e-3, warmup_epochs=warmup_epochs or 0, **kwargs)
+        if config is not None and not isinstance(config, ProxylessConfig):
+            raise UserError(f"config must be a ProxylessConfig, got {type(config).__name__}")
+        self.config = config
+        self._overrides = {k: v for k, v in (("arch_lr", arc_learning_rate), ("grad_mode", grad_mode),
+                                             ("warmup_epochs", warmup_epochs)) if v is not None}
+        self.grad_mode = grad_mode or "two"
         self.seed = seed
+        self.result: dict[str, Any] | None = None
+        self._evaluator: ProxylessEvaluator | None = None
+        self._search_config: ProxylessConfig | None = None
 
     def default_mutation_hooks(self):
         return [BinaryGateLayer.mutate, no_default_hook]
@@ -340,6 +377,37 @@ class CompactProxyless(Proxyless):
                                          grad_mode=self.grad_mode, seed=self.seed, warmup_epochs=self.warmup_epochs,
                                          gradient_clip_val=self.gradient_clip_val,
                                          log_prob_every_n_step=self.log_prob_every_n_step)
+
+    # ---- NasExperiment ---------------------------------------------------------------------
+    def _initialize(self, model_space, engine):
+        from nni.nas.evaluator.pytorch import Lightning
+
+        ev = model_space.evaluator
+        if isinstance(ev, Lightning):
+            ev = ProxylessEvaluator.from_lightning(ev)
+        elif not isinstance(ev, ProxylessEvaluator):
+            raise UserError(f"CompactProxyless needs a ProxylessEvaluator (or a Lightning evaluator), "
+                            f"got {type(ev).__name__}")
+        cfg = self.config or ProxylessConfig(**({"search_epochs": ev.search_epochs} if ev.search_epochs else {}))
+        if self._overrides:
+            cfg = dataclasses.replace(cfg, **self._overrides)
+        self._evaluator, self._search_config = ev, cfg
+        return model_space
+
+    def _run(self) -> None:
+        self.result = run_search(self.model_space.model_space, self._search_config, self._evaluator, seed=self.seed,
+                                 freeze=lambda arch: self.model_space.freeze(arch).executable_model())
+
+    def list_models(self, sort: bool = True, limit: int | None = 1):
+        if self.result is None:
+            raise RuntimeError("CompactProxyless has not been run")
+        yield self.model_space.freeze(dict(self.result["arch"]))
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 class SearchExit:
@@ -633,3 +701,152 @@ class ProxylessSearch:
         self.scheduler = None  # rebuilt (it needs the loader length) at the next epoch
         self._pending_scheduler_state = state["scheduler"]
 
+
+
+# ------------------------------------------------------------------------------------- Python API
+
+
+def _nni_evaluator_base():
+    from nni.nas.evaluator import Evaluator
+
+    return Evaluator
+
+
+class ProxylessEvaluator(_nni_evaluator_base()):
+    """The data side of a ProxylessNAS search in ``NasExperiment`` (see :class:`CompactProxyless`).
+
+    ``train_loader`` trains the weights, ``val_loader`` the architecture (the held-out split, as in
+    the paper) and scores each epoch; ``test_loader`` (optional) scores the retrained network;
+    ``retrain_epochs`` > 0 retrains the exported architecture from scratch with the search's weight
+    settings (SGD-Nesterov, cosine; the paper's "same settings", Sec. IV-A), as the trial does;
+    ``input_shape`` defaults to the first training sample's; ``out_dir`` makes the search write a
+    run folder (``metrics.csv``, ``trajectory.csv``, ``arch.json``, ``summary.json``);
+    ``search_epochs`` is used only when the strategy has no config."""
+
+    def __init__(self, train_loader, val_loader, *, test_loader=None, input_shape: tuple[int, ...] | None = None,
+                 retrain_epochs: int = 0, device: str | torch.device = "cpu", out_dir: str | None = None,
+                 progress: bool = False, search_epochs: int | None = None):
+        if retrain_epochs < 0:
+            raise UserError(f"retrain_epochs must be >= 0, got {retrain_epochs}")
+        self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
+        if input_shape is None:
+            input_shape = tuple(train_loader.dataset[0][0].shape)   # no loader pass: no RNG drawn
+        self.input_shape = tuple(input_shape)
+        self.retrain_epochs, self.device, self.progress = int(retrain_epochs), torch.device(device), progress
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.search_epochs = search_epochs
+
+    @classmethod
+    def from_lightning(cls, ev) -> "ProxylessEvaluator":
+        train, val = ev.train_dataloaders, ev.val_dataloaders
+        if train is None or val is None:
+            raise UserError("the Lightning evaluator needs train and val dataloaders")
+        kwargs = getattr(ev.trainer, "trace_kwargs", {}) or {}
+        return cls(train, val, search_epochs=kwargs.get("max_epochs"))
+
+    def evaluate(self, model) -> float:
+        """Accuracy of ``model`` on the test loader (the validation loader if there is none)."""
+        return evaluate(model, self.test_loader or self.val_loader, self.device).acc
+
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}, retrain_epochs={self.retrain_epochs}, out_dir={self.out_dir}"
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    from search_spaces.files import atomic_write_text
+
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+class _SearchHost(MemoryHost):
+    """Keeps the metrics rows and the trajectory; with ``out_dir`` writes them (atomically) at each
+    epoch end, as the trial's run folder does."""
+
+    def __init__(self, out_dir: Path | None, progress: bool):
+        super().__init__(progress=progress)
+        self.out_dir = out_dir
+        self.trajectory: list[dict[str, Any]] = []
+
+    def record(self, rows: list[dict[str, Any]]) -> None:
+        self.trajectory.extend(rows)
+
+    def checkpoint(self) -> None:
+        if self.out_dir is not None:
+            _write_csv(self.out_dir / "metrics.csv", self.rows)
+            _write_csv(self.out_dir / "trajectory.csv", self.trajectory)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        import json
+
+        from search_spaces.files import atomic_write_text
+
+        if self.out_dir is not None:
+            atomic_write_text(self.out_dir / name, json.dumps(obj, indent=2, default=float))
+
+
+def retrain(model: nn.Module, cfg: ProxylessConfig, train_loader, val_loader, epochs: int, *, host=None,
+            seed: int = 0, device: torch.device | str = "cpu", extra: dict[str, Any] | None = None) -> TrainingPhase:
+    """Retrain ``model`` from scratch with the search's weight settings (SGD-Nesterov, lr/momentum/
+    weight decay of ``cfg``, per-step cosine) for ``epochs`` in the resumable phase ``retrain``."""
+    model.to(device)
+    opt = sgd_nesterov(model.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum,
+                       weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    sched = cosine_schedule(opt, max(1, epochs * len(train_loader)))
+
+    def epoch_fn(epoch: int, bar) -> dict[str, Any]:
+        _, _, row = fit_epoch(model, train_loader, val_loader, opt, scheduler=sched, device=device,
+                              where=f"retrain epoch {epoch}", bar=bar)
+        return {**row, **(extra or {})}
+
+    phase = TrainingPhase(host, "retrain", epochs, seed=seed, reseed=1, loader=train_loader, desc="retrain")
+    return phase.run(epoch_fn, state={"model": model, "opt": opt, "sched": sched})
+
+
+def run_search(space: ModelSpace, cfg: ProxylessConfig, ev: ProxylessEvaluator, *, seed: int = 0,
+               freeze: Callable[[dict[str, str]], nn.Module] | None = None) -> dict[str, Any]:
+    """One search (+ optional retraining) as the trial runs it, on ``ev``'s loaders; returns
+    ``arch``, ``exit_epoch``, ``search_epochs``, ``params`` / ``flops`` of the exported network,
+    ``rows`` (metrics), ``trajectory`` and, after retraining, ``model``, ``val_acc``, ``test_acc``.
+
+    Same order of random draws as ``experiments.methods.proxyless.run``: :class:`ProxylessSearch`
+    seeds the global RNG with ``seed``, the phase reseeds the training loader per epoch, the
+    retrained network is initialised after ``torch.manual_seed(seed + 1)`` (``freeze(arch)``, by
+    default ``space.freeze(arch)``)."""
+    host = _SearchHost(ev.out_dir, ev.progress)
+    search = ProxylessSearch(space, cfg, input_shape=ev.input_shape, seed=seed, device=ev.device)
+    counted = costmodel.CountedLoader(ev.train_loader)   # the search's training FLOPs (its cost)
+
+    def search_epoch(epoch: int, bar) -> dict[str, Any]:
+        before = counted.flops
+        row = search.run_epoch(epoch, counted, ev.val_loader, record=host.record, bar=bar)
+        return {**row, "train_flops": counted.flops - before}
+
+    phase = TrainingPhase(host, "search", cfg.search_epochs, seed=seed, loader=ev.train_loader, desc="search")
+    phase.run(search_epoch, state={"search": search}, until=search.should_stop)
+    arch = search.export()
+    phase.finish({"arch": arch, "exit_epoch": search.exit.exit_epoch})
+    result: dict[str, Any] = {"arch": arch, "exit_epoch": search.exit.exit_epoch, "search_epochs": phase.epochs_done,
+                              "search_time_s": phase.time_s, "search_train_flops": counted.flops,
+                              **search.arch_cost(arch), "probs": search.probs()}
+    host.write_json("arch.json", {"arch": arch})
+    if ev.retrain_epochs:
+        torch.manual_seed(seed + 1)
+        model = freeze(arch) if freeze is not None else space.freeze(arch)
+        cost = costmodel.profile(model, ev.input_shape)
+        retrain(model, cfg, ev.train_loader, ev.val_loader, ev.retrain_epochs, host=host, seed=seed, device=ev.device,
+                extra={"params": cost.params, "flops": cost.flops})
+        result.update(model=model, params=cost.params, flops=cost.flops,
+                      val_acc=evaluate(model, ev.val_loader, ev.device).acc)
+        if ev.test_loader is not None:
+            result["test_acc"] = evaluate(model, ev.test_loader, ev.device).acc
+    host.checkpoint()
+    result.update(rows=list(host.rows), trajectory=list(host.trajectory))
+    host.write_json("summary.json", {k: v for k, v in result.items() if k not in ("model", "rows", "trajectory")})
+    return result

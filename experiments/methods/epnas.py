@@ -16,6 +16,12 @@ step / branch / parent and the resource constraints, into the trial's NNI parame
    ``episode``, ``step``, ``branch``, ``parent``, ``trial`` (web UI columns);
 5. writes its weights back into the sharing dictionary (for each key the better accuracy wins).
 
+``final: 1`` (sent by the tuner after the search, for each of the top-K feasible networks): the
+network is instead trained from scratch, without sharing, with the final-training settings
+(:class:`strategies.epnas_evaluator.FinalTrainingConfig`: the paper's PNAS retraining, 600 epochs,
+cosine, crop/flip/brightness/contrast); phase ``final``.  Every trial reports the same numeric
+keys, ``final`` (0 / 1) and ``test_acc`` (test accuracy of the trained network) included.
+
 The sharing file is ``<run folder>/../epnas_shared.pt`` unless ``share_file`` is given: on the
 local training service ``<experiment>/environments/local-env/trials/epnas_shared.pt``, shared by
 all trials of the experiment.  Across SSH hosts give ``share_file`` a path every host sees; a
@@ -31,15 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from search_spaces.cost import CountedLoader
 from search_spaces.epnas import SpaceConfig, arch_cost, arch_from_json, build_network, random_arch, validate_arch
 from search_spaces.errors import UserError
 from strategies.epnas import RewardConfig, constrained_reward, constraints_of
+from strategies.epnas_evaluator import FinalTrainingConfig, ProxyTrainingConfig, final_loader, final_train
 from strategies.epnas_sharing import SharedWeights
-from strategies.training import cosine_schedule, fit_epoch, sgd_nesterov
+from strategies.training import cosine_schedule, evaluate, fit_epoch, sgd_nesterov
 
 from ..data import make_loaders
-from ..harness import CommonConfig, RunContext, load_images, resolve_device
-from ..runfolder import atomic_torch_save
+from ..harness import CommonConfig, RunContext, load_images, pick, resolve_device
+from ..export import test_batch
 
 __all__ = ["EpnasTrialConfig", "space_config", "run"]
 
@@ -47,8 +57,10 @@ SHARE_NAME = "epnas_shared.pt"
 
 
 @dataclass(frozen=True, kw_only=True)
-class EpnasTrialConfig(CommonConfig, RewardConfig):
-    """Flat trial config: data (CommonConfig) + space + proxy training + reward + controller tags."""
+class EpnasTrialConfig(CommonConfig, ProxyTrainingConfig, FinalTrainingConfig, RewardConfig):
+    """Flat trial config: data (CommonConfig) + space + proxy training (:class:`ProxyTrainingConfig`,
+    the same settings :class:`strategies.epnas_evaluator.EpnasEvaluator` takes) + final training +
+    reward + controller tags."""
 
     dataset: str = "cifar10"
     batch_size: int = 1024            # performance prediction: BZ 1024 (Sec. 4.1)
@@ -61,13 +73,6 @@ class EpnasTrialConfig(CommonConfig, RewardConfig):
     cells_per_stage: int = 2
     stages: int = 3
     min_spatial: int = 4
-    epochs: int = 20                  # cosine schedule length (the paper's 20 epochs)
-    stop_epoch: int = 10              # early stop (the paper's 10 epochs with prediction)
-    lr: float = 0.5                   # at batch_ref (the paper's LR 0.5 with BZ 1024)
-    batch_ref: int = 1024
-    momentum: float = 0.9
-    weight_decay: float = 5e-4        # not given in the paper
-    nesterov: bool = True
     share: bool = True
     share_file: str = ""
     trial: int = -1
@@ -78,14 +83,14 @@ class EpnasTrialConfig(CommonConfig, RewardConfig):
     algorithm: str = "epnas"          # which search proposed the trial (tuner classArgs ``algorithm``)
     entropy: float | None = None      # policy entropy of the morph (EPNAS only; nats per decision)
     action: str = ""                  # the morph that made this network from ``parent``, in words
+    final: int = 0                    # 1: final training of a found network (tuner's last trials)
+    final_rank: int = -1              # its rank among the top-K feasible networks (0 = best)
+    final_asked: int = 0              # K (tuner classArgs ``final_top_k``)
+    final_found: int = 0              # feasible networks the search found (may be < K)
 
     def __post_init__(self):
         super().__post_init__()
         space_config(self)  # range checks of the space fields
-        if self.epochs < 1 or not 1 <= self.stop_epoch <= self.epochs:
-            raise UserError(f"need epochs >= 1 and 1 <= stop_epoch <= epochs, got {self.epochs}, {self.stop_epoch}")
-        if not self.lr > 0 or self.batch_ref < 1:
-            raise UserError("lr must be > 0 and batch_ref >= 1")
         for name, (lo, hi) in constraints_of(self).items():
             if lo is not None and hi is not None and lo > hi:
                 raise UserError(f"{name}_min={lo:g} is above {name}_max={hi:g}")
@@ -128,8 +133,10 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
     space = space_config(cfg)
     arch = arch_from_json(cfg.arch) if cfg.arch else random_arch(space, random.Random(cfg.seed))
     arch = validate_arch(arch, space)
+    if cfg.final:
+        return run_final(cfg, ctx, arch, space)
     splits = load_images(cfg)
-    train_loader, val_loader, _ = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
+    train_loader, val_loader, test_loader = make_loaders(splits, batch_size=cfg.batch_size, seed=cfg.seed)
     device = resolve_device(cfg.device)
     model = build_network(arch, space, input_shape=splits.input_shape, num_classes=splits.num_classes)
     cost = arch_cost(arch, space, splits.input_shape, splits.num_classes)
@@ -143,11 +150,14 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
     sched = cosine_schedule(opt, cfg.epochs * len(train_loader))
     ctx.run.write_json("arch.json", {"arch": arch, "space": cfg.space, "space_config": vars(space)})
 
+    counted = CountedLoader(train_loader)   # the proxy training's FLOPs: the trial's search cost
+
     def proxy_epoch(epoch: int, bar) -> dict[str, Any]:
-        _, val, row = fit_epoch(model, train_loader, val_loader, opt, scheduler=sched, device=device,
+        before = counted.flops
+        _, val, row = fit_epoch(model, counted, val_loader, opt, scheduler=sched, device=device,
                                 where=f"epoch {epoch}", bar=bar)
         ctx.state["val_acc"] = val.acc
-        return {**row, "params": cost.params, "flops": cost.flops}
+        return {**row, "params": cost.params, "flops": cost.flops, "train_flops": counted.flops - before}
 
     # the cosine schedule spans ``epochs``; training stops early after ``stop_epoch`` (prediction)
     proxy = ctx.phase("proxy", cfg.stop_epoch, seed=cfg.seed, loader=train_loader, desc=f"epnas trial {cfg.trial}")
@@ -155,11 +165,22 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
     val_acc, shared_loaded = ctx.state.get("val_acc", 0.0), ctx.state["shared_loaded"]
     usage = {"params": cost.params, "flops": cost.flops, "intensity": cost.intensity}
     reward = constrained_reward(val_acc, usage, constraints_of(cfg), cfg.base_penalty)
+    test_acc = evaluate(model, test_loader, device).acc
     model.cpu()
-    shared_written = store.update(model, val_acc) if store is not None else 0
-    atomic_torch_save(model.state_dict(), ctx.run.file("model.pt"))
-    if not math.isfinite(reward):
-        reward = 0.0
+    # a search candidate: at chance (or worse) it is marked ``degenerate`` and scored, not failed -- its
+    # low accuracy is the reward the controller learns from; non-finite weights are never shared
+    ctx.save_model(model, test_batch(test_loader), val=val_loader, num_classes=splits.num_classes, candidate=True)
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    shared_written = store.update(model, val_acc) if store is not None and finite else 0
+    return _summary(cfg, arch, cost, reward, val_acc, test_acc, device, shared_loaded=shared_loaded,
+                    share_ok=share_ok, shared_written=shared_written, epochs_trained=cfg.stop_epoch,
+                    train_time_s=proxy.time_s, final=0)
+
+
+def _summary(cfg: EpnasTrialConfig, arch: dict, cost, reward: float, val_acc: float, test_acc: float, device,
+             **own: Any) -> dict[str, Any]:
+    """Every EPNAS trial's summary: the same numeric keys for search and final trials."""
+    reward = reward if math.isfinite(reward) else 0.0
     return {
         "default": reward,
         "reward": reward,
@@ -177,10 +198,32 @@ def run(cfg: EpnasTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "entropy": cfg.entropy,
         "action": cfg.action,
         "layers": len(arch.get("layers", arch.get("branches", []))),
-        "shared_loaded": shared_loaded,
-        "share_ok": share_ok,
-        "shared_written": shared_written,
-        "epochs_trained": cfg.stop_epoch,
-        "train_time_s": proxy.time_s,
+        **own,
+        "test_acc": test_acc,
+        "device": device.type,
         "arch": arch,
     }
+
+
+def run_final(cfg: EpnasTrialConfig, ctx: RunContext, arch: dict, space: SpaceConfig) -> dict[str, Any]:
+    """Final training of ``arch`` (``final: 1``): from scratch, no sharing, phase ``final``."""
+    fcfg = pick(FinalTrainingConfig, cfg)
+    splits = load_images(cfg)
+    _, val_loader, test_loader = make_loaders(splits, batch_size=fcfg.final_batch_size, seed=cfg.seed)
+    train_loader = final_loader(splits.train, fcfg, seed=cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_network(arch, space, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    cost = arch_cost(arch, space, splits.input_shape, splits.num_classes)
+    ctx.run.write_json("arch.json", {"arch": arch, "space": cfg.space, "space_config": vars(space)})
+    phase = final_train(model, train_loader, val_loader, fcfg, host=ctx, device=device, seed=cfg.seed,
+                        desc=f"epnas final {cfg.final_rank}", counted=CountedLoader(train_loader),
+                        extra={"params": cost.params, "flops": cost.flops})
+    val_acc = evaluate(model, val_loader, device).acc
+    test_acc = evaluate(model, test_loader, device).acc
+    usage = {"params": cost.params, "flops": cost.flops, "intensity": cost.intensity}
+    reward = constrained_reward(val_acc, usage, constraints_of(cfg), cfg.base_penalty)
+    model.cpu()
+    ctx.save_model(model, test_batch(test_loader), val=val_loader, num_classes=splits.num_classes)
+    return _summary(cfg, arch, cost, reward, val_acc, test_acc, device, action=cfg.action or "final training",
+                    shared_loaded=0, share_ok=0, shared_written=0, epochs_trained=cfg.final_epochs,
+                    train_time_s=phase.time_s, final=1)
