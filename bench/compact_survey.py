@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
     from analysis.survey import plot_survey, survey_table
     from analysis.output import format_table, save_csv, save_figure
-    from search_spaces.errors import UserError
+    from search_spaces.errors import TrialFailed, UserError
 
     settings, variants = demo_settings(args.config)
     seeds = args.seeds or [settings.get("seed", 0)]
@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     times = {}
+    failed: dict[str, str] = {}   # a degenerate network (e.g. variational dropout collapsing) fails its trial
     folders = []
     for seed in seeds:
         # one seed: <out>/<variant> (as before); several: <out>/seed<k>/<variant>
@@ -168,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except UserError as exc:
                 print(f"error: {v}: {exc}", file=sys.stderr)
                 return 2
+            except TrialFailed as exc:
+                failed[f"{v}/seed{seed}"] = str(exc)
+                print(f"seed {seed} {v} FAILED: {exc}", file=sys.stderr, flush=True)
             times[f"{v}/seed{seed}"] = time.time() - t0
             folders.append(out / v)
             print(f"[{time.time() - t_all:6.0f} s] seed {seed} {v} done in {time.time() - t0:.0f} s", flush=True)
@@ -175,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     csv = save_csv(table, args.out / "survey_table.csv")
     png = save_figure(plot_survey(table), args.out / "survey.png")
     res = {"settings": settings, "variants": variants, "seeds": seeds, "wall_s": time.time() - t_all, "variant_wall_s": times,
+           "failed": failed,
            "table": table.to_dict("records"), "verdict": verdict(table)}
     if res["verdict"].get("best_baseline"):
         res["paired"] = paired_differences(folders, res["verdict"]["best_baseline"], CONV_OURS + ("scann",))
