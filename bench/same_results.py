@@ -23,19 +23,20 @@ from pathlib import Path
 from experiments.runfolder import measurements_aside
 
 REPO = Path(__file__).resolve().parents[1]
-_IMG = "--dataset digits --limit 96 --batch_size 32 --threads 1 --device cpu --progress false --seed 3"
-#: name -> trial arguments (valid at every commit since the trial entry point exists).
+_IMG = "--dataset digits --limit 400 --batch_size 32 --threads 1 --device cpu --progress false --seed 3"
+#: name -> trial arguments (valid at every commit since the trial entry point exists), trained just
+#: enough that the networks are not at chance (which fails a trial since the degeneracy check).
 RUNS = {
-    "proxyless": f"proxyless {_IMG} --width 0.0625 --scope s --search_epochs 2 --retrain_epochs 2 --record_every 1",
-    "growth": f"growth {_IMG} --family basic3resnet --width 0.25 --stage_blocks [1,1,1] --epochs 2 --budget 0.5 "
-              "--budget_every 2 --final_beta 10 --finetune_epochs 1",
-    "epnas": f"epnas {_IMG} --batch_ref 32 --lr 0.05 --epochs 3 --stop_epoch 2 --max_layers 4 --share false",
+    "proxyless": f"proxyless {_IMG} --width 0.125 --scope s --search_epochs 2 --retrain_epochs 4 --record_every 1",
+    "growth": f"growth {_IMG} --family basic3resnet --width 0.25 --stage_blocks [1,1,1] --epochs 8 --budget 0.5 "
+              "--budget_every 2 --final_beta 10 --finetune_epochs 2",
+    "epnas": f"epnas {_IMG} --batch_ref 32 --lr 0.05 --epochs 4 --stop_epoch 3 --max_layers 4 --share false",
     "scann": "scann --dataset breast_cancer --baseline_hidden [16] --baseline_epochs 3 --iterations 2 "
              "--epochs_per_op 2 --scheme B --progress false --device cpu --seed 3",
-    "scann-image": "scann --dataset mnist5k --limit 200 --conv_epochs 1 --iterations 1 --epochs_per_op 1 --scheme C "
+    "scann-image": "scann --dataset mnist5k --limit 400 --conv_epochs 3 --iterations 1 --epochs_per_op 1 --scheme C "
                    "--batch_size 64 --threads 1 --device cpu --progress false --seed 3",
     **{f"survey-{v}": f"survey {_IMG} --variant {v} --image_size 8 --family resnet20 --stage_blocks [1,1,1] "
-                      "--width 0.25 --epochs 2 --finetune_epochs 1"
+                      "--width 0.25 --epochs 3 --finetune_epochs 2"
        for v in ("baseline", "group_lasso", "morphnet", "variational_dropout")},
 }
 

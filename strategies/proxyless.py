@@ -792,7 +792,8 @@ class _SearchHost(MemoryHost):
 
 
 def retrain(model: nn.Module, cfg: ProxylessConfig, train_loader, val_loader, epochs: int, *, host=None,
-            seed: int = 0, device: torch.device | str = "cpu", extra: dict[str, Any] | None = None) -> TrainingPhase:
+            seed: int = 0, device: torch.device | str = "cpu", extra: dict[str, Any] | None = None,
+            desc: str = "retrain") -> TrainingPhase:
     """Retrain ``model`` from scratch with the search's weight settings (SGD-Nesterov, lr/momentum/
     weight decay of ``cfg``, per-step cosine) for ``epochs`` in the resumable phase ``retrain``."""
     model.to(device)
@@ -805,7 +806,7 @@ def retrain(model: nn.Module, cfg: ProxylessConfig, train_loader, val_loader, ep
                               where=f"retrain epoch {epoch}", bar=bar)
         return {**row, **(extra or {})}
 
-    phase = TrainingPhase(host, "retrain", epochs, seed=seed, reseed=1, loader=train_loader, desc="retrain")
+    phase = TrainingPhase(host, "retrain", epochs, seed=seed, reseed=1, loader=train_loader, desc=desc)
     return phase.run(epoch_fn, state={"model": model, "opt": opt, "sched": sched})
 
 

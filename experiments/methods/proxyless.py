@@ -16,8 +16,8 @@ import torch
 from search_spaces import cost as costmodel
 from search_spaces.errors import UserError
 from search_spaces.resnet_scoped import SCOPES, STEMS, block_labels, build_resnet, scoped_resnet
-from strategies.proxyless import ProxylessConfig, ProxylessSearch
-from strategies.training import cosine_schedule, evaluate, fit_epoch, sgd_nesterov
+from strategies.proxyless import ProxylessConfig, ProxylessSearch, retrain
+from strategies.training import evaluate
 
 from ..data import make_loaders
 from ..export import test_batch
@@ -87,19 +87,10 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
     # ---- retrain from scratch ----------------------------------------------------------
     torch.manual_seed(cfg.seed + 1)
     model = build_resnet(arch, cfg.scope, **space_kwargs).to(device)
-    opt = sgd_nesterov(model.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum,
-                       weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    sched = cosine_schedule(opt, max(1, cfg.retrain_epochs * len(train_loader)))
     cost = costmodel.profile(model, splits.input_shape)
-
-    def retrain_epoch(epoch: int, bar) -> dict[str, Any]:
-        _, _, row = fit_epoch(model, train_loader, val_loader, opt, scheduler=sched, device=device,
-                              where=f"retrain epoch {epoch}", bar=bar)
-        return {**row, "params": cost.params, "flops": cost.flops}
-
-    retrain = ctx.phase("retrain", cfg.retrain_epochs, seed=cfg.seed, reseed=1, loader=train_loader,
+    retrained = retrain(model, pick(ProxylessConfig, cfg), train_loader, val_loader, cfg.retrain_epochs, host=ctx,
+                        seed=cfg.seed, device=device, extra={"params": cost.params, "flops": cost.flops},
                         desc=f"retrain scope={cfg.scope}")
-    retrain.run(retrain_epoch, state={"model": model, "opt": opt, "sched": sched})
     test = evaluate(model, test_loader, device)
     ctx.save_model(model, test_batch(test_loader), val=val_loader, num_classes=splits.num_classes)
     return {
@@ -113,7 +104,7 @@ def run(cfg: ProxylessTrialConfig, ctx: RunContext) -> dict[str, Any]:
         "search_epochs": search_phase.epochs_done,
         "exit_epoch": -1 if exit_epoch is None else exit_epoch,
         "search_time_s": search_phase.time_s,
-        "retrain_time_s": retrain.time_s,
+        "retrain_time_s": retrained.time_s,
         "scope": cfg.scope,
         "dataset": cfg.dataset,
         "arch": arch,
