@@ -336,8 +336,9 @@ def study_output(run_dirs: Sequence[str | Path], out_dir: str | Path):
     table (``epnas_final``, :func:`final_table`), for the report registry to print."""
     from .output import Output, format_table
 
-    files = report_study(run_dirs, out_dir)
-    final = final_table(trials_table(run_dirs))
+    t = trials_table(run_dirs)   # read once, for the files and the printed table
+    files = _study_files(t, out_dir)
+    final = final_table(t)
     if final.empty:
         return Output(files=list(files))
     cols = ["final_rank", "trial", "source_trial", "test_error_pct", "params_m", "mflops", "intensity",
@@ -352,8 +353,12 @@ def study_output(run_dirs: Sequence[str | Path], out_dir: str | Path):
 def report_study(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
     """``final.csv`` (:func:`final_table`, when the study has final trainings), ``trials.csv``, ``episodes.csv``, ``search.png``, ``best_arch.json``, ``curves.csv``,
     ``curves.png``, ``episodes.png``, ``lineage.png`` and ``best_arch.png`` over the EPNAS trials."""
+    return _study_files(trials_table(run_dirs), out_dir)
+
+
+def _study_files(t: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """:func:`report_study`'s files from the trials table ``t`` (:func:`trials_table`)."""
     out = Path(out_dir)
-    t = trials_table(run_dirs)
     if t.empty:
         return []
     files = []

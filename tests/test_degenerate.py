@@ -56,8 +56,8 @@ def test_degeneracy_names_each_reason():
     reason, acc = degeneracy(majority, X[:8], (X, y), 3)
     share = float((y == 0).float().mean())
     assert "at chance" in reason and acc == pytest.approx(share)
-    # just above chance + margin is a result
-    assert CHANCE_MARGIN < 0.05
+    majority = float(torch.bincount(y).max()) / len(y)   # chance: the best constant prediction
+    assert f"not more than {CHANCE_MARGIN} above {majority:.4f}" in reason
 
 
 # --------------------------------------------------------------------------- SCANN keeps a path

@@ -16,16 +16,13 @@ from search_spaces.errors import UserError, exit_on_error
 from strategies.epnas import (KINDS, EpnasConfig, PolicyNet, check_table, insert_unit, random_morph, remove_unit,
                               run_policy, scale_group)
 from strategies.epnas_nni import check_class_args, main as check_main
+from test_epnas import _layer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (1, 8, 8)
 LAYER = SpaceConfig(kind="layer", max_layers=4)
 MODULE = SpaceConfig(kind="module", max_branches=3, cells_per_stage=1, stages=2, cell_channels=8)
 SPACES = {"layer": LAYER, "module": MODULE}
-
-
-def _layer(t="conv2d", **kw):
-    return {"type": t, "filter": 3, "pool": 2, "channels": 16, "act": "relu", "src1": -1, "src2": -1, **kw}
 
 
 # ------------------------------------------------------------------------------- NNI strategies
